@@ -1,0 +1,621 @@
+//! Analytic oracles: exact scores and log densities of Gaussian and Gaussian-mixture data under
+//! any SDE whose transition kernel is N(a(t) x(0), σ(t)² I).
+//!
+//! If p_0 = Σ_k w_k N(μ_k, diag(s_k²)), then p_t = Σ_k w_k N(a μ_k, diag(a² s_k² + σ²)) with
+//! (a, σ) from [`Sde::marginal_coeffs`], so the score ∇ₓ log p_t and log p_0 are exact. Every
+//! sampler and the likelihood of `sde-solvers` are validated against these.
+
+use candle_core::{DType, Device, Shape, Tensor};
+
+use crate::error::{Error, Result};
+use crate::noise::NoiseSource;
+use crate::score::ScoreFn;
+use crate::sde::Sde;
+use crate::tensor::{expand_batch, to_host_f64};
+
+/// Gaussian data p_0 = N(μ, diag(s²)) under an SDE: exact score
+/// ∇ₓ log p_t(x) = −(x − a(t) μ) / (a(t)² s² + σ(t)²), computed with tensor ops on `x`'s device
+/// (differentiable by autograd).
+///
+/// `mean` and `std` broadcast against one sample (e.g. a scalar, or the sample shape `[C, H, W]`).
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sde_core::{analytic::GaussianScore, ScoreFn, VpSde};
+/// let sde = VpSde::default();
+/// let oracle = GaussianScore::isotropic(&sde, 0.3, 0.6)?;
+/// let x = Tensor::zeros((4, 3, 8, 8), DType::F32, &Device::Cpu)?;
+/// let t = sde_core::time_tensor(0.5, 4, &Device::Cpu, DType::F32)?;
+/// let s = oracle.score(&x, &t)?;
+/// assert_eq!(s.dims(), x.dims());
+/// # Ok::<(), sde_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct GaussianScore<S> {
+    sde: S,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl<S: Sde> GaussianScore<S> {
+    /// Data N(`mean`, diag(`std`²)); `std` must be positive and both finite.
+    pub fn new(sde: S, mean: Tensor, std: Tensor) -> Result<Self> {
+        let s = to_host_f64(&std)?;
+        let m = to_host_f64(&mean)?;
+        if m.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "GaussianScore mean".into(),
+            });
+        }
+        if let Some(&bad) = s.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return Err(Error::InvalidParameter {
+                name: "std",
+                value: bad,
+                reason: "must be finite and > 0",
+            });
+        }
+        Ok(Self { sde, mean, std })
+    }
+
+    /// Data N(`mean` · 1, `std`² I) with scalar mean and std (f32 tensors on the CPU;
+    /// they follow `x` to its device and dtype).
+    pub fn isotropic(sde: S, mean: f64, std: f64) -> Result<Self> {
+        let dev = Device::Cpu;
+        Self::new(
+            sde,
+            Tensor::new(mean as f32, &dev)?,
+            Tensor::new(std as f32, &dev)?,
+        )
+    }
+
+    fn params_for(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.mean.to_device(x.device())?.to_dtype(x.dtype())?,
+            self.std.to_device(x.device())?.to_dtype(x.dtype())?,
+        ))
+    }
+
+    /// Mean a μ and variance a² s² + σ² of p_t, broadcast to `x`'s shape.
+    fn moments(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
+        crate::tensor::check_time(x, t, self.sde.t_end())?;
+        let (a, sigma) = self.sde.marginal_coeffs(t)?;
+        let (mu, s) = self.params_for(x)?;
+        let a = expand_batch(&a, x)?;
+        let sigma = expand_batch(&sigma, x)?;
+        let mean = a.broadcast_mul(&mu)?.broadcast_as(x.shape())?;
+        let var = a
+            .sqr()?
+            .broadcast_mul(&s.sqr()?)?
+            .broadcast_add(&sigma.sqr()?)?
+            .broadcast_as(x.shape())?;
+        Ok((mean, var))
+    }
+
+    /// log p_t(x) per sample, `[B]`.
+    pub fn log_prob(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let (mean, var) = self.moments(x, t)?;
+        gaussian_logp(x, &mean, &var)
+    }
+
+    /// log p_0(x) of the data distribution itself, `[B]`.
+    pub fn log_prob_data(&self, x: &Tensor) -> Result<Tensor> {
+        let (mu, s) = self.params_for(x)?;
+        let mean = mu.broadcast_as(x.shape())?.contiguous()?;
+        let var = s.sqr()?.broadcast_as(x.shape())?.contiguous()?;
+        gaussian_logp(x, &mean, &var)
+    }
+
+    /// Draws from the data distribution p_0, of shape `shape` (`[B, ...]`).
+    pub fn sample<N: NoiseSource + ?Sized>(
+        &self,
+        shape: &Shape,
+        device: &Device,
+        dtype: DType,
+        noise: &mut N,
+    ) -> Result<Tensor> {
+        let z = noise.randn(shape, device, dtype)?;
+        let (mu, s) = self.params_for(&z)?;
+        Ok(z.broadcast_mul(&s)?.broadcast_add(&mu)?)
+    }
+}
+
+impl<S: Sde> ScoreFn for GaussianScore<S> {
+    /// −(x − a μ) / (a² s² + σ²).
+    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let (mean, var) = self.moments(x, t)?;
+        Ok((x - mean)?.neg()?.div(&var)?)
+    }
+
+    /// The Jacobian is −diag(1/(a² s² + σ²)), so vᵀJ = −v / var.
+    fn score_with_vjp(&self, x: &Tensor, t: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (mean, var) = self.moments(x, t)?;
+        let score = (x - mean)?.neg()?.div(&var)?;
+        let vjp = v.to_dtype(x.dtype())?.neg()?.div(&var)?;
+        Ok((score, vjp))
+    }
+}
+
+/// Per-sample log N(x; mean, diag(var)) summed over non-batch dims.
+fn gaussian_logp(x: &Tensor, mean: &Tensor, var: &Tensor) -> Result<Tensor> {
+    let two_pi = 2.0 * std::f64::consts::PI;
+    let quad = ((x - mean)?.sqr()? / var)?;
+    let logdet = var.affine(two_pi, 0.0)?.log()?;
+    crate::tensor::sum_non_batch(&(quad + logdet)?.affine(-0.5, 0.0)?)
+}
+
+/// A mixture of Gaussians with diagonal covariances, Σ_k w_k N(μ_k, diag(s_k²)), over samples of
+/// D = product of the non-batch dims (data of any shape is flattened).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GaussianMixture {
+    log_weights: Vec<f64>,
+    weights: Vec<f64>,
+    means: Vec<Vec<f64>>,
+    vars: Vec<Vec<f64>>,
+    dim: usize,
+}
+
+impl GaussianMixture {
+    /// Components with weights `weights` (normalised here), means `means[k]` (length D) and
+    /// standard deviations `stds[k]` (length D, or 1 for an isotropic component).
+    pub fn new(weights: Vec<f64>, means: Vec<Vec<f64>>, stds: Vec<Vec<f64>>) -> Result<Self> {
+        let k = weights.len();
+        if k == 0 || means.len() != k || stds.len() != k {
+            return Err(Error::ShapeMismatch {
+                what: "GaussianMixture components",
+                expected: format!("{k} weights, means and stds (k ≥ 1)"),
+                got: format!("{} means, {} stds", means.len(), stds.len()),
+            });
+        }
+        let dim = means[0].len();
+        if dim == 0 {
+            return Err(Error::ShapeMismatch {
+                what: "GaussianMixture mean",
+                expected: "at least one dimension".into(),
+                got: "0".into(),
+            });
+        }
+        let total: f64 = weights.iter().sum();
+        for &w in &weights {
+            if !(w.is_finite() && w > 0.0) {
+                return Err(Error::InvalidParameter {
+                    name: "weights",
+                    value: w,
+                    reason: "mixture weights must be finite and > 0",
+                });
+            }
+        }
+        let mut vars = Vec::with_capacity(k);
+        for (m, s) in means.iter().zip(&stds) {
+            if m.len() != dim || !(s.len() == dim || s.len() == 1) {
+                return Err(Error::ShapeMismatch {
+                    what: "GaussianMixture component",
+                    expected: format!("mean of length {dim}, std of length {dim} or 1"),
+                    got: format!("mean {}, std {}", m.len(), s.len()),
+                });
+            }
+            if let Some(&bad) = m.iter().find(|v| !v.is_finite()) {
+                return Err(Error::InvalidParameter {
+                    name: "means",
+                    value: bad,
+                    reason: "must be finite",
+                });
+            }
+            if let Some(&bad) = s.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return Err(Error::InvalidParameter {
+                    name: "stds",
+                    value: bad,
+                    reason: "must be finite and > 0",
+                });
+            }
+            vars.push(if s.len() == dim {
+                s.iter().map(|v| v * v).collect()
+            } else {
+                vec![s[0] * s[0]; dim]
+            });
+        }
+        let weights: Vec<f64> = weights.iter().map(|w| w / total).collect();
+        Ok(Self {
+            log_weights: weights.iter().map(|w| w.ln()).collect(),
+            weights,
+            means,
+            vars,
+            dim,
+        })
+    }
+
+    /// `k` equally weighted isotropic components of std `std` on a circle of radius `radius` in
+    /// 2-D: the "8 Gaussians" toy distribution for `k = 8`.
+    pub fn ring(k: usize, radius: f64, std: f64) -> Result<Self> {
+        let means = (0..k)
+            .map(|i| {
+                let a = 2.0 * std::f64::consts::PI * i as f64 / k as f64;
+                vec![radius * a.cos(), radius * a.sin()]
+            })
+            .collect();
+        Self::new(vec![1.0; k], means, vec![vec![std]; k])
+    }
+
+    /// Number of components.
+    pub fn n_components(&self) -> usize {
+        self.weights.len()
+    }
+    /// Normalised weights w_k.
+    pub fn weights(&self) -> &[f64] {
+        &self.weights
+    }
+    /// Means μ_k.
+    pub fn means(&self) -> &[Vec<f64>] {
+        &self.means
+    }
+    /// Per-dimension variances s_k².
+    pub fn variances(&self) -> &[Vec<f64>] {
+        &self.vars
+    }
+    /// D, the dimension of one sample.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn check_x(&self, x: &Tensor) -> Result<usize> {
+        let d = crate::tensor::sample_numel(x)?;
+        if x.rank() < 2 || d != self.dim {
+            return Err(Error::ShapeMismatch {
+                what: "x for GaussianMixture",
+                expected: format!("[B, ...] with {} elements per sample", self.dim),
+                got: format!("{:?}", x.dims()),
+            });
+        }
+        Ok(x.dim(0)?)
+    }
+
+    /// Log density, score and (optionally) vᵀ∂s/∂x of one sample of p_t with coefficients
+    /// (a, σ), in f64. `out_score`/`out_vjp` have length D.
+    fn eval_one(
+        &self,
+        x: &[f64],
+        a: f64,
+        sigma: f64,
+        v: Option<&[f64]>,
+        out_score: &mut [f64],
+        out_vjp: Option<&mut [f64]>,
+        scratch: &mut Vec<f64>,
+    ) -> f64 {
+        let k = self.weights.len();
+        let d = self.dim;
+        let s2 = sigma * sigma;
+        // log-weights of each component
+        scratch.clear();
+        scratch.resize(k, 0.0);
+        for c in 0..k {
+            let (mu, var) = (&self.means[c], &self.vars[c]);
+            let mut q = 0.0;
+            let mut logdet = 0.0;
+            for j in 0..d {
+                let vv = a * a * var[j] + s2;
+                let diff = x[j] - a * mu[j];
+                q += diff * diff / vv;
+                logdet += (2.0 * std::f64::consts::PI * vv).ln();
+            }
+            scratch[c] = self.log_weights[c] - 0.5 * (q + logdet);
+        }
+        let m = scratch.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let mut z = 0.0;
+        for l in scratch.iter_mut() {
+            *l = (*l - m).exp();
+            z += *l;
+        }
+        let logp = m + z.ln();
+        for l in scratch.iter_mut() {
+            *l /= z;
+        }
+        out_score.iter_mut().for_each(|s| *s = 0.0);
+        // s̄ = Σ r_k s_k with s_k = −(x − a μ_k)/v_k
+        for c in 0..k {
+            let r = scratch[c];
+            let (mu, var) = (&self.means[c], &self.vars[c]);
+            for j in 0..d {
+                let vv = a * a * var[j] + s2;
+                out_score[j] -= r * (x[j] - a * mu[j]) / vv;
+            }
+        }
+        if let (Some(v), Some(out)) = (v, out_vjp) {
+            // J v = Σ_k r_k (−v/v_k + s_k (s_k·v)) − s̄ (s̄·v)   (J is symmetric)
+            out.iter_mut().for_each(|o| *o = 0.0);
+            let sbar_v: f64 = out_score.iter().zip(v).map(|(s, v)| s * v).sum();
+            for c in 0..k {
+                let r = scratch[c];
+                let (mu, var) = (&self.means[c], &self.vars[c]);
+                let mut skv = 0.0;
+                for j in 0..d {
+                    let vv = a * a * var[j] + s2;
+                    skv += -(x[j] - a * mu[j]) / vv * v[j];
+                }
+                for j in 0..d {
+                    let vv = a * a * var[j] + s2;
+                    let sk = -(x[j] - a * mu[j]) / vv;
+                    out[j] += r * (-v[j] / vv + sk * skv);
+                }
+            }
+            for j in 0..d {
+                out[j] -= out_score[j] * sbar_v;
+            }
+        }
+        logp
+    }
+
+    /// Log density of p_0 per sample (`x: [B, ...]` with D elements per sample) → `[B]` (f64 host values).
+    pub fn log_prob(&self, x: &Tensor) -> Result<Vec<f64>> {
+        let b = self.check_x(x)?;
+        let xs = to_host_f64(x)?;
+        let mut sc = vec![0.0; self.dim];
+        let mut scratch = Vec::new();
+        Ok((0..b)
+            .map(|i| {
+                self.eval_one(
+                    &xs[i * self.dim..(i + 1) * self.dim],
+                    1.0,
+                    0.0,
+                    None,
+                    &mut sc,
+                    None,
+                    &mut scratch,
+                )
+            })
+            .collect())
+    }
+
+    /// Index of the most responsible component under p_0 for each sample (mode assignment).
+    pub fn classify(&self, x: &Tensor) -> Result<Vec<usize>> {
+        let b = self.check_x(x)?;
+        let xs = to_host_f64(x)?;
+        Ok((0..b)
+            .map(|i| {
+                let xi = &xs[i * self.dim..(i + 1) * self.dim];
+                let mut best = (f64::NEG_INFINITY, 0);
+                for c in 0..self.n_components() {
+                    let mut l = self.log_weights[c];
+                    for j in 0..self.dim {
+                        let d = xi[j] - self.means[c][j];
+                        l -= 0.5 * (d * d / self.vars[c][j] + self.vars[c][j].ln());
+                    }
+                    if l > best.0 {
+                        best = (l, c);
+                    }
+                }
+                best.1
+            })
+            .collect())
+    }
+
+    /// Draws `shape[0]` samples from p_0 (`shape` = `[B, ...]` with D elements per sample).
+    pub fn sample<N: NoiseSource + ?Sized>(
+        &self,
+        shape: &Shape,
+        device: &Device,
+        dtype: DType,
+        noise: &mut N,
+    ) -> Result<Tensor> {
+        let dims = shape.dims();
+        let per: usize = dims.iter().skip(1).product();
+        if dims.len() < 2 || per != self.dim {
+            return Err(Error::ShapeMismatch {
+                what: "GaussianMixture::sample shape",
+                expected: format!("[B, ...] with {} elements per sample", self.dim),
+                got: format!("{dims:?}"),
+            });
+        }
+        let b = dims[0];
+        let u = to_host_f64(&noise.rand_uniform(&Shape::from(b), &Device::Cpu, DType::F64)?)?;
+        let z = to_host_f64(&noise.randn(shape, &Device::Cpu, DType::F64)?)?;
+        let mut out = vec![0.0; b * per];
+        for i in 0..b {
+            let mut c = 0;
+            let mut acc = self.weights[0];
+            while u[i] >= acc && c + 1 < self.weights.len() {
+                c += 1;
+                acc += self.weights[c];
+            }
+            for j in 0..per {
+                out[i * per + j] = self.means[c][j] + self.vars[c][j].sqrt() * z[i * per + j];
+            }
+        }
+        Ok(Tensor::from_vec(out, shape, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?)
+    }
+}
+
+/// Exact score of Gaussian-mixture data under an SDE: for p_t = Σ_k w_k N(a μ_k, a² s_k² + σ²),
+/// ∇ₓ log p_t(x) = Σ_k r_k(x) · (−(x − a μ_k)/(a² s_k² + σ²)) with responsibilities
+/// r_k ∝ w_k N(x; a μ_k, a² s_k² + σ²).
+///
+/// [`score`](ScoreFn::score) and the vector–Jacobian product are evaluated in f64 on the host
+/// (a fused loop: a handful of flops per element); [`log_prob`](Self::log_prob) is also
+/// available as differentiable tensor ops ([`log_prob_tensor`](Self::log_prob_tensor)).
+/// ```
+/// use candle_core::{DType, Device, Shape};
+/// use rand::SeedableRng;
+/// use sde_core::{analytic::{GaussianMixture, GaussianMixtureScore}, ScoreFn, VeSde};
+/// let gmm = GaussianMixture::ring(8, 4.0, 0.2)?;
+/// let oracle = GaussianMixtureScore::new(VeSde::default(), gmm.clone());
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let x = gmm.sample(&Shape::from((16, 2)), &Device::Cpu, DType::F32, &mut rng)?;
+/// let t = sde_core::time_tensor(0.3, 16, &Device::Cpu, DType::F32)?;
+/// let s = oracle.score(&x, &t)?;
+/// # Ok::<(), sde_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct GaussianMixtureScore<S> {
+    sde: S,
+    mixture: GaussianMixture,
+}
+
+impl<S: Sde> GaussianMixtureScore<S> {
+    /// The exact score of `mixture` data under `sde`.
+    pub fn new(sde: S, mixture: GaussianMixture) -> Self {
+        Self { sde, mixture }
+    }
+
+    /// The data distribution.
+    pub fn mixture(&self) -> &GaussianMixture {
+        &self.mixture
+    }
+
+    /// The SDE.
+    pub fn sde(&self) -> &S {
+        &self.sde
+    }
+
+    fn coeffs(&self, x: &Tensor, t: &Tensor) -> Result<(usize, Vec<f64>, Vec<f64>)> {
+        let b = self.mixture.check_x(x)?;
+        crate::tensor::check_time(x, t, self.sde.t_end())?;
+        let (a, s) = self.sde.marginal_coeffs(t)?;
+        Ok((b, to_host_f64(&a)?, to_host_f64(&s)?))
+    }
+
+    fn eval(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        v: Option<&Tensor>,
+    ) -> Result<(Vec<f64>, Tensor, Option<Tensor>)> {
+        let (b, a, s) = self.coeffs(x, t)?;
+        let d = self.mixture.dim;
+        let xs = to_host_f64(x)?;
+        let vs = match v {
+            Some(v) => {
+                if v.shape() != x.shape() {
+                    return Err(Error::ShapeMismatch {
+                        what: "vjp probe",
+                        expected: format!("{:?}", x.dims()),
+                        got: format!("{:?}", v.dims()),
+                    });
+                }
+                Some(to_host_f64(v)?)
+            }
+            None => None,
+        };
+        let mut score = vec![0.0; b * d];
+        let mut vjp = vs.as_ref().map(|_| vec![0.0; b * d]);
+        let mut logp = vec![0.0; b];
+        let mix = &self.mixture;
+        let work = |range: std::ops::Range<usize>,
+                    score: &mut [f64],
+                    mut vjp: Option<&mut [f64]>,
+                    logp: &mut [f64]| {
+            let mut scratch = Vec::new();
+            let base = range.start;
+            for i in range {
+                let li = i - base;
+                logp[li] = mix.eval_one(
+                    &xs[i * d..(i + 1) * d],
+                    a[i],
+                    s[i],
+                    vs.as_ref().map(|v| &v[i * d..(i + 1) * d]),
+                    &mut score[li * d..(li + 1) * d],
+                    vjp.as_mut().map(|o| &mut o[li * d..(li + 1) * d]),
+                    &mut scratch,
+                );
+            }
+        };
+        // Split large batches over two threads (the work is independent per sample).
+        let threads = if b * d * mix.n_components() >= 65_536 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(8)
+        } else {
+            1
+        };
+        if threads <= 1 {
+            work(0..b, &mut score, vjp.as_deref_mut(), &mut logp);
+        } else {
+            let chunk = b.div_ceil(threads);
+            std::thread::scope(|sc| {
+                let mut score_rest = score.as_mut_slice();
+                let mut logp_rest = logp.as_mut_slice();
+                let mut vjp_rest = vjp.as_deref_mut();
+                let mut start = 0;
+                while start < b {
+                    let n = chunk.min(b - start);
+                    let (s_now, s_next) = score_rest.split_at_mut(n * d);
+                    let (l_now, l_next) = logp_rest.split_at_mut(n);
+                    let (v_now, v_next) = match vjp_rest {
+                        Some(v) => {
+                            let (a, b) = v.split_at_mut(n * d);
+                            (Some(a), Some(b))
+                        }
+                        None => (None, None),
+                    };
+                    let w = &work;
+                    let r = start..start + n;
+                    sc.spawn(move || w(r, s_now, v_now, l_now));
+                    score_rest = s_next;
+                    logp_rest = l_next;
+                    vjp_rest = v_next;
+                    start += n;
+                }
+            });
+        }
+        let to_t = |v: Vec<f64>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, x.shape(), &Device::Cpu)?
+                .to_dtype(x.dtype())?
+                .to_device(x.device())?)
+        };
+        let vjp = match vjp {
+            Some(v) => Some(to_t(v)?),
+            None => None,
+        };
+        Ok((logp, to_t(score)?, vjp))
+    }
+
+    /// log p_t(x) per sample (host f64 values).
+    pub fn log_prob(&self, x: &Tensor, t: &Tensor) -> Result<Vec<f64>> {
+        Ok(self.eval(x, t, None)?.0)
+    }
+
+    /// log p_t(x) per sample as differentiable candle ops: `[B]` in `x`'s dtype
+    /// (for autograd checks and for users who need gradients of the density).
+    pub fn log_prob_tensor(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let b = self.mixture.check_x(x)?;
+        crate::tensor::check_time(x, t, self.sde.t_end())?;
+        let (a, s) = self.sde.marginal_coeffs(t)?;
+        let (k, d) = (self.mixture.n_components(), self.mixture.dim);
+        let dev = x.device();
+        let dt = x.dtype();
+        let flat = |v: &[Vec<f64>]| -> Result<Tensor> {
+            let data: Vec<f64> = v.iter().flatten().copied().collect();
+            Ok(Tensor::from_vec(data, (1, k, d), dev)?.to_dtype(dt)?)
+        };
+        let mu = flat(&self.mixture.means)?;
+        let var0 = flat(&self.mixture.vars)?;
+        let a = a.to_dtype(dt)?.reshape((b, 1, 1))?;
+        let s = s.to_dtype(dt)?.reshape((b, 1, 1))?;
+        let xk = x.reshape((b, 1, d))?;
+        let mean = a.broadcast_mul(&mu)?;
+        let var = a.sqr()?.broadcast_mul(&var0)?.broadcast_add(&s.sqr()?)?;
+        let diff = xk.broadcast_sub(&mean)?;
+        let quad = (diff.sqr()? / &var)?.sum(2)?;
+        let logdet = var
+            .affine(2.0 * std::f64::consts::PI, 0.0)?
+            .log()?
+            .sum(2)?;
+        let logw = Tensor::from_vec(self.mixture.log_weights.clone(), (1, k), dev)?.to_dtype(dt)?;
+        let l = (quad + logdet)?.affine(-0.5, 0.0)?.broadcast_add(&logw)?; // [B, K]
+        let m = l.max_keepdim(1)?.detach();
+        let lse = l.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()?.add(&m)?;
+        Ok(lse.squeeze(1)?)
+    }
+}
+
+impl<S: Sde> ScoreFn for GaussianMixtureScore<S> {
+    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        Ok(self.eval(x, t, None)?.1)
+    }
+
+    /// J v = Σ_k r_k (−v/v_k + s_k (s_k·v)) − s̄ (s̄·v), with s_k the component scores and s̄ the score.
+    fn score_with_vjp(&self, x: &Tensor, t: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, s, vjp) = self.eval(x, t, Some(v))?;
+        let vjp = vjp.ok_or_else(|| Error::Unsupported("vjp was not computed".into()))?;
+        Ok((s, vjp))
+    }
+}

@@ -1,0 +1,199 @@
+//! Score functions, the network-side model trait, and the adapter between them
+//! (the reference's `get_score_fn`).
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::error::{Error, Result};
+use crate::sde::{LabelConvention, Sde};
+use crate::tensor::{from_host_f64, mul_batch, to_host_f64};
+
+/// A time-dependent score s(x, t) ≈ ∇ₓ log p_t(x): `x: [B, ...]`, `t: [B]` → `[B, ...]`.
+///
+/// Implemented for closures `Fn(&Tensor, &Tensor) -> sde_core::Result<Tensor>`, for
+/// [`ScoreModelFn`] (a network through its label convention) and for the analytic oracles.
+pub trait ScoreFn {
+    /// ∇ₓ log p_t(x).
+    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
+
+    /// The score and the vector–Jacobian product vᵀ ∂s/∂x at `(x, t)`, as the likelihood's
+    /// divergence estimators need. Default: candle autograd through [`score`](Self::score);
+    /// the analytic oracles override it with closed forms.
+    fn score_with_vjp(&self, x: &Tensor, t: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        autograd_vjp(|x| self.score(x, t), x, v)
+    }
+}
+
+/// `(f(x), vᵀ ∂f/∂x)` by candle's reverse-mode autograd: one forward and one backward pass.
+pub fn autograd_vjp(
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    v: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let xv = Var::from_tensor(&x.detach())?;
+    let y = f(xv.as_tensor())?;
+    if y.shape() != v.shape() {
+        return Err(Error::ShapeMismatch {
+            what: "vjp probe",
+            expected: format!("{:?}", y.dims()),
+            got: format!("{:?}", v.dims()),
+        });
+    }
+    let obj = (&y * v.to_dtype(y.dtype())?)?.sum_all()?;
+    let grads = obj.backward()?;
+    let g = match grads.get(xv.as_tensor()) {
+        Some(g) => g.clone(),
+        None => x.zeros_like()?,
+    };
+    Ok((y.detach(), g))
+}
+
+impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor>> ScoreFn for F {
+    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self(x, t)
+    }
+}
+
+/// A network that takes `(x, labels)`: candle's `ModuleT` with a time-label input.
+///
+/// `score-nets` implements it for NCSN++, DDPM++, DDPM and the MLP; [`ScoreModelFn`] turns it
+/// into a [`ScoreFn`] with the label convention of an SDE.
+pub trait ScoreModel {
+    /// Network output for inputs `x: [B, ...]` and time labels `labels: [B]`
+    /// (float, or `i64` for discrete SMLD indices); `train` enables dropout.
+    fn forward_t(&self, x: &Tensor, labels: &Tensor, train: bool) -> Result<Tensor>;
+}
+
+impl<M: ScoreModel + ?Sized> ScoreModel for &M {
+    fn forward_t(&self, x: &Tensor, labels: &Tensor, train: bool) -> Result<Tensor> {
+        (**self).forward_t(x, labels, train)
+    }
+}
+
+impl<M: ScoreModel + ?Sized> ScoreModel for Box<M> {
+    fn forward_t(&self, x: &Tensor, labels: &Tensor, train: bool) -> Result<Tensor> {
+        (**self).forward_t(x, labels, train)
+    }
+}
+
+/// A network seen as a score function through its SDE's [`LabelConvention`]
+/// (`models/utils.get_score_fn(sde, model, train, continuous)`).
+///
+/// | SDE | continuous | label | score |
+/// |---|---|---|---|
+/// | VE | yes | σ(t) | output |
+/// | VE | no | round((T − t)(N − 1)) (`i64`) | output |
+/// | VP, sub-VP | yes (sub-VP: always) | 999 t | −output / std(t) |
+/// | VP | no | (N − 1) t | −output / √(1 − ᾱ_⌊label⌋) |
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sde_core::{ScoreFn, ScoreModel, ScoreModelFn, VpSde};
+/// struct Zero;
+/// impl ScoreModel for Zero {
+///     fn forward_t(&self, x: &Tensor, _labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+///         Ok(x.zeros_like()?)
+///     }
+/// }
+/// let sde = VpSde::default();
+/// let score_fn = ScoreModelFn::new(&sde, &Zero, true);
+/// let t = sde_core::time_tensor(0.5, 2, &Device::Cpu, DType::F32)?;
+/// assert_eq!(score_fn.labels(&t)?.to_vec1::<f32>()?, vec![499.5, 499.5]);
+/// let s = score_fn.score(&Tensor::ones((2, 2), DType::F32, &Device::Cpu)?, &t)?;
+/// # Ok::<(), sde_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ScoreModelFn<'a, S: ?Sized, M: ?Sized> {
+    sde: &'a S,
+    model: &'a M,
+    convention: LabelConvention,
+    train: bool,
+}
+
+impl<'a, S: Sde + ?Sized, M: ScoreModel + ?Sized> ScoreModelFn<'a, S, M> {
+    /// The score of `model` under `sde`'s convention for continuous- or discrete-time training,
+    /// in evaluation mode (`train = false`).
+    pub fn new(sde: &'a S, model: &'a M, continuous: bool) -> Self {
+        Self {
+            sde,
+            model,
+            convention: sde.label_convention(continuous),
+            train: false,
+        }
+    }
+
+    /// Runs the model in training mode (dropout on), as the training losses do.
+    pub fn train(mut self, train: bool) -> Self {
+        self.train = train;
+        self
+    }
+
+    /// The label convention in use.
+    pub fn convention(&self) -> &LabelConvention {
+        &self.convention
+    }
+
+    /// The time labels the network receives for times `t: [B]`.
+    pub fn labels(&self, t: &Tensor) -> Result<Tensor> {
+        match &self.convention {
+            LabelConvention::Sigma => Ok(self.sde.marginal_coeffs(t)?.1),
+            LabelConvention::SigmaIndex { n, t_end } => {
+                let host = to_host_f64(t)?;
+                crate::tensor::check_time_values(&host, *t_end)?;
+                let k = n.saturating_sub(1) as f64;
+                let labels: Vec<i64> = host
+                    .iter()
+                    .map(|&ti| {
+                        if t.dtype() == DType::F32 {
+                            // torch: labels = T - t; labels *= N - 1; round (half to even)
+                            (((*t_end as f32) - ti as f32) * k as f32).round_ties_even() as i64
+                        } else {
+                            ((t_end - ti) * k).round_ties_even() as i64
+                        }
+                    })
+                    .collect();
+                let b = labels.len();
+                Ok(Tensor::from_vec(labels, b, t.device())?)
+            }
+            LabelConvention::ScaledTime { scale } => Ok(t.affine(*scale, 0.0)?),
+            LabelConvention::DdpmTimestep { sqrt_1m_alphas_cumprod, .. } => {
+                let k = sqrt_1m_alphas_cumprod.len().saturating_sub(1) as f64;
+                Ok(t.affine(k, 0.0)?)
+            }
+        }
+    }
+}
+
+impl<S: Sde + ?Sized, M: ScoreModel + ?Sized> ScoreFn for ScoreModelFn<'_, S, M> {
+    fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        crate::tensor::check_time(x, t, self.sde.t_end())?;
+        let labels = self.labels(t)?;
+        let out = self.model.forward_t(x, &labels, self.train)?;
+        if out.shape() != x.shape() {
+            return Err(Error::ShapeMismatch {
+                what: "model output",
+                expected: format!("{:?}", x.dims()),
+                got: format!("{:?}", out.dims()),
+            });
+        }
+        match &self.convention {
+            LabelConvention::Sigma | LabelConvention::SigmaIndex { .. } => Ok(out),
+            LabelConvention::ScaledTime { .. } => {
+                let std = self.sde.marginal_coeffs(t)?.1;
+                Ok(mul_batch(&std.recip()?.neg()?, &out)?)
+            }
+            LabelConvention::DdpmTimestep {
+                sqrt_1m_alphas_cumprod,
+                ..
+            } => {
+                let lab = to_host_f64(&labels)?;
+                let last = sqrt_1m_alphas_cumprod.len().saturating_sub(1);
+                let inv: Vec<f64> = lab
+                    .iter()
+                    .map(|&l| -1.0 / sqrt_1m_alphas_cumprod[(l.max(0.0) as usize).min(last)])
+                    .collect();
+                let inv = from_host_f64(inv, t.device(), out.dtype())?;
+                mul_batch(&inv, &out)
+            }
+        }
+    }
+}
