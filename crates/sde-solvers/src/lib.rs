@@ -1,1 +1,18 @@
+//! # sde-solvers
+//!
+//! Samplers for score-based SDE models: predictors, correctors and the predictor–corrector
+//! sampler, an adaptive RK45 probability-flow ODE sampler, exact likelihoods (bits/dim) with the
+//! Hutchinson–Skilling trace estimator, and controllable generation. Everything works for any
+//! type implementing [`sde_core::Sde`], including a user's own.
+#![warn(missing_docs)]
 
+pub mod controllable;
+mod error;
+pub mod likelihood;
+pub mod ode;
+pub mod ode_sampler;
+pub mod pc;
+pub mod corrector;
+pub mod predictor;
+
+pub use error::{Error, Result};

@@ -1,1 +1,4 @@
-
+//! # sde-train
+//!
+//! Training for score-based SDE models.
+#![warn(missing_docs)]

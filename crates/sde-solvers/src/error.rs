@@ -1,0 +1,65 @@
+//! The error type of `sde-solvers`.
+
+/// Everything that can go wrong while sampling, solving or evaluating a likelihood.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A solver option is out of its domain (e.g. `n_steps_each == 0`, `snr <= 0`, `sampling_eps <= 0`).
+    #[error("invalid parameter `{name}` = {value}: {reason}")]
+    InvalidParameter {
+        /// Option name, as in the reference code.
+        name: &'static str,
+        /// The offending value.
+        value: f64,
+        /// What it must satisfy.
+        reason: &'static str,
+    },
+    /// A sampler or solver met NaN or infinity.
+    #[error("non-finite value in {what} at step {step} (t = {t})")]
+    NonFinite {
+        /// What became non-finite (e.g. "x after the predictor").
+        what: String,
+        /// Step index.
+        step: usize,
+        /// Time at that step.
+        t: f64,
+    },
+    /// The adaptive ODE solver used up `max_steps`.
+    #[error("ODE solver reached max_steps = {max_steps} at t = {t}")]
+    MaxSteps {
+        /// The limit.
+        max_steps: usize,
+        /// Where it stopped.
+        t: f64,
+    },
+    /// The adaptive step size fell below what floating point can resolve.
+    #[error("ODE step size {h} too small at t = {t}")]
+    StepSizeTooSmall {
+        /// Step size.
+        h: f64,
+        /// Time.
+        t: f64,
+    },
+    /// Mismatched shapes between arguments (e.g. an inpainting mask and the data).
+    #[error("shape mismatch in {what}: expected {expected}, got {got}")]
+    ShapeMismatch {
+        /// Which argument.
+        what: &'static str,
+        /// Expected shape.
+        expected: String,
+        /// Shape passed.
+        got: String,
+    },
+    /// The operation is not defined for this input.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// An error from `sde-core` (SDE, score function or model).
+    #[error(transparent)]
+    Core(#[from] sde_core::Error),
+    /// An error from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
