@@ -1,0 +1,36 @@
+//! Ancestral sampling (SMLD / DDPM) predictor.
+
+use candle_core::Tensor;
+use sde_core::noise::{randn_like, NoiseSource};
+use sde_core::{mul_batch, AncestralSde, ScoreFn};
+
+use super::{Predictor, Update};
+use crate::error::Result;
+
+/// Ancestral sampling predictor (`AncestralSamplingPredictor`), the original samplers of
+/// SMLD and DDPM, for SDEs implementing [`AncestralSde`] (VE and VP; sub-VP has no ancestral
+/// rule, so `AncestralSamplingPredictor` with a `SubVpSde` does not compile):
+///
+/// - VE: x̄ = x + (σ_i² − σ_{i−1}²) s,  x = x̄ + √(σ_{i−1}² (σ_i² − σ_{i−1}²) / σ_i²) z;
+/// - VP: x̄ = (x + β_i s) / √(1 − β_i),  x = x̄ + √β_i z;
+///
+/// i = ⌊t (N−1)/T⌋, z ~ N(0, I). No probability-flow variant (the reference asserts that).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AncestralSamplingPredictor;
+
+impl<S: AncestralSde + ?Sized> Predictor<S> for AncestralSamplingPredictor {
+    fn update<F: ScoreFn + ?Sized, N: NoiseSource + ?Sized>(
+        &self,
+        sde: &S,
+        score: &F,
+        x: &Tensor,
+        t: &Tensor,
+        noise: &mut N,
+    ) -> Result<Update> {
+        let s = score.score(x, t)?;
+        let (x_mean, std) = sde.ancestral_step(x, t, &s)?;
+        let z = randn_like(x, noise)?;
+        let x = (&x_mean + mul_batch(&std, &z)?)?;
+        Ok(Update { x, x_mean })
+    }
+}
