@@ -1,0 +1,28 @@
+//! Seeded dropout.
+//!
+//! `candle_nn::Dropout` draws its mask with `Tensor::rand`, which is unseeded on the CPU. Blocks
+//! here draw the mask on the host from a caller-provided RNG instead, so a training step is
+//! reproducible.
+
+use candle_core::Tensor;
+use sde_core::noise::NoiseSource;
+
+use crate::{Error, Result};
+
+/// Inverted dropout (`nn.Dropout(p)` in training mode): each element is zeroed with probability
+/// `p` and the survivors are scaled by $1/(1-p)$; the mask is $\mathbb 1[u \ge p]$ with
+/// $u \sim U[0,1)$ drawn from `rng`. Identity when `rng` is `None` (evaluation) or `p == 0`.
+pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut dyn rand::RngCore>) -> Result<Tensor> {
+    let Some(rng) = rng else {
+        return Ok(x.clone());
+    };
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::Config(format!("dropout must be in [0, 1), got {p}")));
+    }
+    let u = rng.rand_uniform(x.shape(), x.device(), x.dtype())?;
+    let mask = u.ge(p)?.to_dtype(x.dtype())?.affine(1.0 / (1.0 - p), 0.0)?;
+    Ok(x.mul(&mask)?)
+}
