@@ -4,10 +4,12 @@
 //! The examples and `sde-train`'s tests train it on 2-D toy data (rings of Gaussians) on a CPU
 //! in minutes.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use candle_nn::{Init, Linear, Module, VarBuilder};
 
 use crate::error::{Error, Result};
+use crate::init::default_init;
+use crate::layers::{get_timestep_embedding, GaussianFourierProjection};
 
 /// How the MLP embeds its time label (see [`MlpConfig::embedding`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,7 +54,7 @@ pub struct MlpConfig {
     pub n_layers: usize,
     /// The time embedding.
     pub embedding: MlpEmbedding,
-    /// Dimension of the time embedding $e(\text{label})$ (even, at least 2).
+    /// Dimension of the time embedding $e(\text{label})$ (even, at least 4).
     pub embedding_dim: usize,
     /// Divide the output by the label (`scale_by_sigma` of NCSN++: the label is $\sigma(t)$, so
     /// the network learns $\sigma\,\nabla\log p$, whose scale does not depend on $t$).
@@ -100,9 +102,9 @@ impl MlpConfig {
         if self.n_layers == 0 {
             return bad("n_layers must be >= 1");
         }
-        if self.embedding_dim < 2 || self.embedding_dim & 1 != 0 {
+        if self.embedding_dim < 4 || self.embedding_dim & 1 != 0 {
             return bad(&format!(
-                "embedding_dim must be even and >= 2, got {}",
+                "embedding_dim must be even and >= 4, got {}",
                 self.embedding_dim
             ));
         }
@@ -152,7 +154,7 @@ impl Default for MlpConfig {
 #[derive(Debug, Clone)]
 pub struct Mlp {
     config: MlpConfig,
-    fourier_w: Option<Tensor>,
+    fourier: Option<GaussianFourierProjection>,
     temb0: Linear,
     temb1: Linear,
     input: Linear,
@@ -160,15 +162,10 @@ pub struct Mlp {
     output: Linear,
 }
 
-/// `default_init` of the reference: variance scaling with `fan_avg`, uniform, scale 1,
-/// i.e. $U(-b, b)$ with $b = \sqrt{3 / ((\text{fan\_in} + \text{fan\_out})/2)}$.
-fn default_init(fan_in: usize, fan_out: usize) -> Init {
-    let b = (3.0 / ((fan_in + fan_out) as f64 / 2.0)).sqrt();
-    Init::Uniform { lo: -b, up: b }
-}
-
+/// An affine layer with the reference's `default_init` weight `[out, in]` and a zero bias.
 fn dense(vb: VarBuilder, fan_in: usize, fan_out: usize) -> Result<Linear> {
-    let w = vb.get_with_hints((fan_out, fan_in), "weight", default_init(fan_in, fan_out))?;
+    let shape: candle_core::Shape = (fan_out, fan_in).into();
+    let w = vb.get_with_hints(shape.clone(), "weight", default_init(1.0, &shape))?;
     let b = vb.get_with_hints(fan_out, "bias", Init::Const(0.0))?;
     Ok(Linear::new(w, Some(b)))
 }
@@ -178,15 +175,19 @@ impl Mlp {
     pub fn new(config: &MlpConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let (d, h, e) = (config.data_dim, config.hidden, config.embedding_dim);
-        let fourier_w = match config.embedding {
-            MlpEmbedding::Fourier { scale, .. } => Some(vb.pp("embed").get_with_hints(
-                e / 2,
-                "W",
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: scale,
-                },
-            )?),
+        let fourier = match config.embedding {
+            // `W` is a parameter (saved and loaded with the rest) but detached: never trained.
+            MlpEmbedding::Fourier { scale, .. } => {
+                let w = vb.pp("embed").get_with_hints(
+                    e / 2,
+                    "W",
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: scale,
+                    },
+                )?;
+                Some(GaussianFourierProjection::from_weight(w.detach())?)
+            }
             MlpEmbedding::Positional => None,
         };
         let temb0 = dense(vb.pp("temb").pp(0), e, h)?;
@@ -201,7 +202,7 @@ impl Mlp {
         let output = dense(vb.pp("output"), h, d)?;
         Ok(Self {
             config: config.clone(),
-            fourier_w,
+            fourier,
             temb0,
             temb1,
             input,
@@ -217,20 +218,17 @@ impl Mlp {
 
     /// The time embedding $e(\text{label})$, `[B, embedding_dim]`.
     fn embed(&self, labels: &Tensor) -> Result<Tensor> {
-        match (self.config.embedding, &self.fourier_w) {
-            (MlpEmbedding::Fourier { log_label, .. }, Some(w)) => {
+        match (self.config.embedding, &self.fourier) {
+            (MlpEmbedding::Fourier { log_label, .. }, Some(proj)) => {
                 let s = if log_label {
                     labels.log()?
                 } else {
                     labels.clone()
                 };
-                let w = w.detach().to_dtype(s.dtype())?;
-                // [B, 1] * [1, E/2] * 2π
-                let arg = (s.unsqueeze(1)?.broadcast_mul(&w.unsqueeze(0)?)?
-                    * (2.0 * std::f64::consts::PI))?;
-                Ok(Tensor::cat(&[arg.sin()?, arg.cos()?], 1)?)
+                proj.forward(&s)
             }
-            _ => positional_embedding(labels, self.config.embedding_dim),
+            _ => Ok(get_timestep_embedding(labels, self.config.embedding_dim)?
+                .to_dtype(labels.dtype())?),
         }
     }
 
@@ -302,16 +300,4 @@ impl sde_core::ScoreModel for Mlp {
     fn forward_t(&self, x: &Tensor, labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
         Ok(self.forward(x, labels)?)
     }
-}
-
-/// Sinusoidal embedding (DDPM `get_timestep_embedding`) for `labels: [B]` → `[B, dim]`.
-fn positional_embedding(labels: &Tensor, dim: usize) -> Result<Tensor> {
-    let half = dim / 2;
-    let denom = (half.max(2) - 1) as f64;
-    let freqs: Vec<f32> = (0..half)
-        .map(|k| (-(k as f64) * 10000f64.ln() / denom).exp() as f32)
-        .collect();
-    let freqs = Tensor::from_vec(freqs, half, labels.device())?.to_dtype(labels.dtype())?;
-    let arg = labels.unsqueeze(1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
-    Ok(Tensor::cat(&[arg.sin()?, arg.cos()?], D::Minus1)?)
 }
