@@ -269,6 +269,7 @@ impl GaussianMixture {
 
     /// Log density, score and (optionally) vᵀ∂s/∂x of one sample of p_t with coefficients
     /// (a, σ), in f64. `out_score`/`out_vjp` have length D.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     fn eval_one(
         &self,
         x: &[f64],
@@ -364,6 +365,7 @@ impl GaussianMixture {
     }
 
     /// Index of the most responsible component under p_0 for each sample (mode assignment).
+    #[allow(clippy::needless_range_loop)]
     pub fn classify(&self, x: &Tensor) -> Result<Vec<usize>> {
         let b = self.check_x(x)?;
         let xs = to_host_f64(x)?;
@@ -595,10 +597,7 @@ impl<S: Sde> GaussianMixtureScore<S> {
         let var = a.sqr()?.broadcast_mul(&var0)?.broadcast_add(&s.sqr()?)?;
         let diff = xk.broadcast_sub(&mean)?;
         let quad = (diff.sqr()? / &var)?.sum(2)?;
-        let logdet = var
-            .affine(2.0 * std::f64::consts::PI, 0.0)?
-            .log()?
-            .sum(2)?;
+        let logdet = var.affine(2.0 * std::f64::consts::PI, 0.0)?.log()?.sum(2)?;
         let logw = Tensor::from_vec(self.mixture.log_weights.clone(), (1, k), dev)?.to_dtype(dt)?;
         let l = (quad + logdet)?.affine(-0.5, 0.0)?.broadcast_add(&logw)?; // [B, K]
         let m = l.max_keepdim(1)?.detach();

@@ -48,11 +48,17 @@ fn host_tensor(
 ) -> Result<Tensor> {
     let n = shape.elem_count();
     let t = match dtype {
-        DType::F64 => Tensor::from_vec((0..n).map(|_| draw64()).collect::<Vec<_>>(), shape, &Device::Cpu)?,
-        DType::F32 | DType::F16 | DType::BF16 => {
-            Tensor::from_vec((0..n).map(|_| draw32()).collect::<Vec<_>>(), shape, &Device::Cpu)?
-                .to_dtype(dtype)?
-        }
+        DType::F64 => Tensor::from_vec(
+            (0..n).map(|_| draw64()).collect::<Vec<_>>(),
+            shape,
+            &Device::Cpu,
+        )?,
+        DType::F32 | DType::F16 | DType::BF16 => Tensor::from_vec(
+            (0..n).map(|_| draw32()).collect::<Vec<_>>(),
+            shape,
+            &Device::Cpu,
+        )?
+        .to_dtype(dtype)?,
         other => {
             return Err(Error::Unsupported(format!(
                 "random draws need a float dtype, got {other:?}"

@@ -30,18 +30,18 @@ use crate::tensor::mul_batch;
 /// # Ok::<(), sde_core::Error>(())
 /// ```
 #[derive(Debug)]
-pub struct ReverseSde<'a, S: ?Sized, F> {
+pub struct ReverseSde<'a, S: ?Sized, F: ?Sized> {
     /// The forward SDE.
     pub sde: &'a S,
     /// The score function.
-    pub score: F,
+    pub score: &'a F,
     /// Whether this is the probability-flow ODE.
     pub probability_flow: bool,
 }
 
-impl<'a, S: Sde + ?Sized, F: ScoreFn> ReverseSde<'a, S, F> {
+impl<'a, S: Sde + ?Sized, F: ScoreFn + ?Sized> ReverseSde<'a, S, F> {
     /// Wraps `sde` and `score`.
-    pub fn new(sde: &'a S, score: F, probability_flow: bool) -> Self {
+    pub fn new(sde: &'a S, score: &'a F, probability_flow: bool) -> Self {
         Self {
             sde,
             score,

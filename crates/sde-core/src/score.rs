@@ -155,7 +155,10 @@ impl<'a, S: Sde + ?Sized, M: ScoreModel + ?Sized> ScoreModelFn<'a, S, M> {
                 Ok(Tensor::from_vec(labels, b, t.device())?)
             }
             LabelConvention::ScaledTime { scale } => Ok(t.affine(*scale, 0.0)?),
-            LabelConvention::DdpmTimestep { sqrt_1m_alphas_cumprod, .. } => {
+            LabelConvention::DdpmTimestep {
+                sqrt_1m_alphas_cumprod,
+                ..
+            } => {
                 let k = sqrt_1m_alphas_cumprod.len().saturating_sub(1) as f64;
                 Ok(t.affine(k, 0.0)?)
             }

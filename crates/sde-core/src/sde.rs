@@ -37,7 +37,8 @@ use crate::tensor::{check_time, from_host_f64, to_host_f64};
 /// impl Sde for CosineVp {
 ///     fn n(&self) -> usize { self.n }
 ///     fn sde(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
-///         let beta = self.phase(t)?.tan()?.affine(std::f64::consts::PI / (1.0 + self.s), 0.0)?;
+///         let phase = self.phase(t)?;
+///         let beta = (phase.sin()? / phase.cos()?)?.affine(std::f64::consts::PI / (1.0 + self.s), 0.0)?;
 ///         Ok((mul_batch(&beta.affine(-0.5, 0.0)?, x)?, beta.sqrt()?))
 ///     }
 ///     fn marginal_prob(&self, x0: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -54,15 +55,24 @@ use crate::tensor::{check_time, from_host_f64, to_host_f64};
 ///     }
 /// }
 ///
-/// // Stop just short of T = 1, where the cosine schedule's β blows up.
 /// let sde = CosineVp { s: 0.008, n: 1000 };
-/// let x0 = Tensor::ones((2, 3), DType::F64, &Device::Cpu)?;
-/// let t = sde_core::time_tensor(0.5, 2, &Device::Cpu, DType::F64)?;
-/// let (mean, std) = sde.marginal_prob(&x0, &t)?;
-/// // d/dt of the mean coefficient is −½β · mean (the variance ODE holds: see the crate tests).
-/// let (f, g) = sde.discretize(&x0, &t)?; // Euler–Maruyama by default
-/// assert_eq!(f.dims(), &[2, 3]);
-/// assert!(std.to_vec1::<f64>()?[0] > 0.7);
+/// let dev = Device::Cpu;
+/// let x0 = Tensor::ones((1, 3), DType::F64, &dev)?;
+/// let at = |t: f64| -> Result<(f64, f64, f64)> {
+///     let tt = sde_core::time_tensor(t, 1, &dev, DType::F64)?;
+///     let (mean, std) = sde.marginal_prob(&x0, &tt)?;
+///     let (_, g) = sde.sde(&x0, &tt)?;
+///     Ok((mean.to_vec2::<f64>()?[0][0], std.to_vec1::<f64>()?[0], g.to_vec1::<f64>()?[0]))
+/// };
+/// let (m, s, g) = at(0.5)?;
+/// assert!((m * m + s * s - 1.0).abs() < 1e-12); // variance preserving
+/// // the mean coefficient solves dm/dt = −½ β(t) m, with β = g²
+/// let h = 1e-5;
+/// let dm = (at(0.5 + h)?.0 - at(0.5 - h)?.0) / (2.0 * h);
+/// assert!((dm + 0.5 * g * g * m).abs() < 1e-6);
+/// // Euler–Maruyama discretisation, reverse SDE, samplers and likelihood come for free
+/// let (f, big_g) = sde.discretize(&x0, &sde_core::time_tensor(0.5, 1, &dev, DType::F64)?)?;
+/// assert_eq!(f.dims(), &[1, 3]);
 /// # Ok::<(), sde_core::Error>(())
 /// ```
 pub trait Sde {
@@ -133,7 +143,11 @@ pub trait Sde {
 
     /// The reverse-time SDE  dx = [f − g² ∇ₓlog p_t] dt + g dw̄, or with `probability_flow` the
     /// probability-flow ODE  dx = [f − ½ g² ∇ₓlog p_t] dt (`sde.reverse(score_fn, probability_flow)`).
-    fn reverse<F: ScoreFn>(&self, score: F, probability_flow: bool) -> ReverseSde<'_, Self, F>
+    fn reverse<'a, F: ScoreFn + ?Sized>(
+        &'a self,
+        score: &'a F,
+        probability_flow: bool,
+    ) -> ReverseSde<'a, Self, F>
     where
         Self: Sized,
     {

@@ -7,8 +7,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use crate::error::{check_param, Result};
 use crate::noise::NoiseSource;
 use crate::sde::{
-    host_coeff, host_coeff2, standard_normal_logp, timestep_index, AncestralSde,
-    LabelConvention, Sde,
+    host_coeff, host_coeff2, standard_normal_logp, timestep_index, AncestralSde, LabelConvention,
+    Sde,
 };
 use crate::tensor::{check_time, mul_batch};
 

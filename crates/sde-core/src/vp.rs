@@ -7,8 +7,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use crate::error::{check_param, Result};
 use crate::noise::NoiseSource;
 use crate::sde::{
-    host_coeff2, standard_normal_logp, table_lookup, timestep_index, AncestralSde,
-    LabelConvention, Sde,
+    host_coeff2, standard_normal_logp, table_lookup, timestep_index, AncestralSde, LabelConvention,
+    Sde,
 };
 use crate::tensor::{check_time, from_host_f64, mul_batch};
 
@@ -126,7 +126,11 @@ impl VpSde {
     }
     /// α_i = 1 − β_i (`alphas`).
     pub fn alphas(&self) -> Vec<f64> {
-        self.schedule.discrete_betas.iter().map(|b| 1.0 - b).collect()
+        self.schedule
+            .discrete_betas
+            .iter()
+            .map(|b| 1.0 - b)
+            .collect()
     }
     /// ᾱ_i = Π_{j≤i} α_j (`alphas_cumprod`).
     pub fn alphas_cumprod(&self) -> Vec<f64> {
@@ -151,7 +155,10 @@ impl VpSde {
     fn betas_at(&self, x: &Tensor, t: &Tensor) -> Result<Vec<f64>> {
         check_time(x, t, 1.0)?;
         let idx = timestep_index(t, self.schedule.n, 1.0)?;
-        Ok(idx.iter().map(|&i| self.schedule.discrete_betas[i]).collect())
+        Ok(idx
+            .iter()
+            .map(|&i| self.schedule.discrete_betas[i])
+            .collect())
     }
 }
 
@@ -200,7 +207,10 @@ impl Sde for VpSde {
     /// DDPM chain: f_i = (√(1 − β_i) − 1) x, G_i = √β_i.
     fn discretize(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
         let betas = self.betas_at(x, t)?;
-        let coef: Vec<f64> = betas.iter().map(|b| (0.5 * (-b).ln_1p()).exp_m1()).collect();
+        let coef: Vec<f64> = betas
+            .iter()
+            .map(|b| (0.5 * (-b).ln_1p()).exp_m1())
+            .collect();
         let g: Vec<f64> = betas.iter().map(|b| b.sqrt()).collect();
         let coef = from_host_f64(coef, t.device(), t.dtype())?;
         Ok((
@@ -246,8 +256,11 @@ impl AncestralSde for VpSde {
         let inv = from_host_f64(inv, t.device(), x.dtype())?;
         let beta = from_host_f64(betas.clone(), t.device(), x.dtype())?;
         let x_mean = mul_batch(&inv, &(x + mul_batch(&beta, score)?)?)?;
-        let std = from_host_f64(betas.iter().map(|b| b.sqrt()).collect(), t.device(), t.dtype())?;
+        let std = from_host_f64(
+            betas.iter().map(|b| b.sqrt()).collect(),
+            t.device(),
+            t.dtype(),
+        )?;
         Ok((x_mean, std))
     }
 }
-
