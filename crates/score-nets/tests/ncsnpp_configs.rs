@@ -453,3 +453,78 @@ fn parity_configs_read_from_reference_json() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+/// A backend that hands out broadcast zeros (no allocation) and records every parameter.
+struct Counting(std::sync::Mutex<Vec<(String, usize)>>);
+
+impl candle_nn::var_builder::SimpleBackend for Counting {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((name.to_string(), s.elem_count()));
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("no {name}")
+    }
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
+
+#[test]
+fn paper_presets_have_the_reference_parameter_counts() {
+    // reference `sum(p.numel() for p in model.parameters())` (shared/baselines/baseline_cpu.json)
+    for (cfg, want) in [
+        (NcsnPpConfig::cifar10_ncsnpp_continuous(), 62_758_915usize),
+        (NcsnPpConfig::cifar10_ddpmpp_continuous(), 61_804_419),
+    ] {
+        let counting = std::sync::Arc::new(Counting(Default::default()));
+        struct Shared(std::sync::Arc<Counting>);
+        impl candle_nn::var_builder::SimpleBackend for Shared {
+            fn get(
+                &self,
+                s: candle_core::Shape,
+                n: &str,
+                h: candle_nn::Init,
+                d: DType,
+                dev: &Device,
+            ) -> candle_core::Result<Tensor> {
+                self.0.get(s, n, h, d, dev)
+            }
+            fn get_unchecked(
+                &self,
+                n: &str,
+                d: DType,
+                dev: &Device,
+            ) -> candle_core::Result<Tensor> {
+                self.0.get_unchecked(n, d, dev)
+            }
+            fn contains_tensor(&self, n: &str) -> bool {
+                self.0.contains_tensor(n)
+            }
+        }
+        let vb = candle_nn::VarBuilder::from_backend(
+            Box::new(Shared(counting.clone())),
+            DType::F32,
+            Device::Cpu,
+        );
+        NcsnPp::new(cfg, vb).unwrap();
+        let params = counting.0.lock().unwrap();
+        let n: usize = params.iter().map(|p| p.1).sum();
+        assert_eq!(n, want);
+        let mut names: Vec<&String> = params.iter().map(|p| &p.0).collect();
+        let len = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), len, "every parameter requested once");
+    }
+}
