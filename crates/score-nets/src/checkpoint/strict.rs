@@ -181,17 +181,17 @@ impl SimpleBackend for Backend {
         }
     }
 
+    /// Unchecked reads are for buffers the network validates itself (the `sigmas` table,
+    /// read as `f64` whatever its stored float dtype, and compared with the config): they
+    /// count as used, and are converted to the requested dtype without a dtype check.
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let mut rec = self.record.lock().map_err(|_| poisoned())?;
         rec.requested.entry(name.to_string()).or_insert(None);
+        drop(rec);
         let Some(t) = self.tensors.get(name) else {
             // No shape to build a placeholder from: this read has to fail now.
             candle_core::bail!("strict weights: no tensor `{name}`")
         };
-        if !self.dtype_ok(dtype, t.dtype()) {
-            rec.wrong_dtype.insert(name.to_string(), (dtype, t.dtype()));
-        }
-        drop(rec);
         t.to_device(dev)?.to_dtype(dtype)
     }
 
@@ -201,6 +201,10 @@ impl SimpleBackend for Backend {
 }
 
 /// Named weights loaded **strictly** into a network built through a [`VarBuilder`].
+///
+/// Shape-checked reads (`vb.get`, `get_with_hints`) are checked for shape and dtype (see
+/// [`DTypePolicy`]); unchecked reads (`vb.get_unchecked*`), which networks use for buffers
+/// they validate themselves such as `sigmas`, are only marked as used.
 ///
 /// The reference loads its checkpoints with `load_state_dict(..., strict=False)`, which silently
 /// ignores missing and unexpected keys. Here the [`VarBuilder`] from [`vb`](Self::vb) records
