@@ -144,10 +144,10 @@ impl<F: ScoreFn + ?Sized> ScoreFn for Counting<'_, F> {
 #[derive(Debug, Clone)]
 #[doc(alias = "get_pc_sampler")]
 pub struct PcSampler<P, C> {
-    predictor: P,
-    corrector: C,
-    denoise: bool,
-    sampling_eps: f64,
+    pub(crate) predictor: P,
+    pub(crate) corrector: C,
+    pub(crate) denoise: bool,
+    pub(crate) sampling_eps: f64,
 }
 
 impl<P, C> PcSampler<P, C> {
