@@ -219,7 +219,7 @@ fn majority_float_dtype<'a>(ts: impl Iterator<Item = &'a Tensor>) -> Option<DTyp
 /// A `torch.save` zip archive held in memory.
 struct TorchZip {
     path: std::path::PathBuf,
-    archive: zip::ZipArchive<Cursor<Vec<u8>>>,
+    archive: zip::ZipArchive<std::io::BufReader<std::fs::File>>,
     /// `<archive name>/` (torch names every entry under one top-level folder).
     prefix: String,
     storages: HashMap<String, std::sync::Arc<Vec<u8>>>,
@@ -227,14 +227,18 @@ struct TorchZip {
 
 impl TorchZip {
     fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| ckpt_err(path, e.to_string()))?;
-        if bytes.len() >= 2 && bytes[0] == 0x80 {
+        let mut file = std::fs::File::open(path).map_err(|e| ckpt_err(path, e.to_string()))?;
+        let mut magic = [0u8; 2];
+        let n = file
+            .read(&mut magic)
+            .map_err(|e| ckpt_err(path, e.to_string()))?;
+        if n == 2 && magic[0] == 0x80 {
             return Err(ckpt_err(
                 path,
                 "legacy (pre-1.6) torch.save format; re-save it with a recent PyTorch",
             ));
         }
-        let archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| {
+        let archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
             ckpt_err(
                 path,
                 format!("not a torch.save zip archive (truncated or corrupt?): {e}"),
@@ -396,8 +400,21 @@ impl TensorRef {
     /// Gathers the (possibly strided) elements from the storage bytes, bounds-checked.
     fn read(&self, storage: &[u8]) -> std::result::Result<Tensor, String> {
         let es = self.dtype.size_in_bytes();
-        let numel: usize = self.size.iter().product();
         let n_storage = storage.len() / es;
+        let numel = self
+            .size
+            .iter()
+            .try_fold(1usize, |a, &s| a.checked_mul(s))
+            .filter(|n| n.checked_mul(es).is_some())
+            .ok_or_else(|| format!("tensor size {:?} overflows", self.size))?;
+        if numel > n_storage && self.stride.contains(&0) {
+            // An expanded view (stride 0) would be materialised far larger than its storage.
+            return Err(format!(
+                "expanded (stride-0) tensor of size {:?} over {n_storage} stored elements is \
+                 not supported",
+                self.size
+            ));
+        }
         let too_short = || {
             format!(
                 "storage `{}` has {n_storage} elements, too few for offset {} size {:?} \
@@ -454,5 +471,105 @@ impl TensorRef {
         };
         Tensor::from_raw_buffer(&bytes, self.dtype, &self.size, &Device::Cpu)
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(m: &str, c: &str) -> Object {
+        Object::Class {
+            module_name: m.into(),
+            class_name: c.into(),
+        }
+    }
+
+    fn ints(v: &[i64]) -> Object {
+        Object::Tuple(v.iter().map(|&i| Object::Long(i)).collect())
+    }
+
+    /// `_rebuild_tensor_v2(('storage', FloatStorage, '0', 'cpu', n), offset, size, stride)`.
+    fn tensor_obj(offset: i64, size: &[i64], stride: &[i64]) -> Object {
+        let pid = Object::Tuple(vec![
+            Object::Unicode("storage".into()),
+            class("torch", "FloatStorage"),
+            Object::Unicode("0".into()),
+            Object::Unicode("cpu".into()),
+            Object::Int(12),
+        ]);
+        Object::Reduce {
+            callable: Box::new(class("torch._utils", "_rebuild_tensor_v2")),
+            args: Box::new(Object::Tuple(vec![
+                Object::PersistentLoad(Box::new(pid)),
+                Object::Long(offset),
+                ints(size),
+                ints(stride),
+                Object::Bool(false),
+                Object::Dict(vec![]),
+            ])),
+        }
+    }
+
+    fn storage() -> Vec<u8> {
+        (0..12u32).flat_map(|i| (i as f32).to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn contiguous_offset_and_strided_views() {
+        let s = storage();
+        let t = TensorRef::parse(&tensor_obj(2, &[2, 3], &[3, 1])).unwrap();
+        let t = t.read(&s).unwrap();
+        assert_eq!(t.to_vec2::<f32>().unwrap(), [[2., 3., 4.], [5., 6., 7.]]);
+        // A transposed (column-major) view: element (i, j) at i + 3 j.
+        let t = TensorRef::parse(&tensor_obj(0, &[3, 2], &[1, 3])).unwrap();
+        let t = t.read(&s).unwrap();
+        assert_eq!(t.to_vec2::<f32>().unwrap(), [[0., 3.], [1., 4.], [2., 5.]]);
+        // Wrapped in _rebuild_parameter, as nn.Parameter is pickled.
+        let p = Object::Reduce {
+            callable: Box::new(class("torch._utils", "_rebuild_parameter")),
+            args: Box::new(Object::Tuple(vec![
+                tensor_obj(0, &[], &[]),
+                Object::Bool(true),
+                Object::Dict(vec![]),
+            ])),
+        };
+        let t = TensorRef::parse(&p).unwrap().read(&s).unwrap();
+        assert_eq!(t.dims(), &[] as &[usize]);
+        assert_eq!(t.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn malformed_descriptions_are_errors_not_panics() {
+        let s = storage();
+        // Out of the storage, contiguous and strided.
+        let t = TensorRef::parse(&tensor_obj(10, &[2, 3], &[3, 1])).unwrap();
+        assert!(t.read(&s).is_err());
+        let t = TensorRef::parse(&tensor_obj(0, &[3, 5], &[1, 3])).unwrap();
+        assert!(t.read(&s).is_err());
+        // Sizes whose product overflows, expanded views, negative sizes.
+        let t = TensorRef::parse(&tensor_obj(0, &[1 << 40, 1 << 40], &[0, 0])).unwrap();
+        assert!(t.read(&s).is_err());
+        let t = TensorRef::parse(&tensor_obj(0, &[1000], &[0])).unwrap();
+        assert!(t.read(&s).is_err());
+        assert!(TensorRef::parse(&tensor_obj(0, &[-1], &[1])).is_err());
+        // Size and stride of different ranks, too few arguments, foreign objects.
+        assert!(TensorRef::parse(&tensor_obj(0, &[2, 2], &[1])).is_err());
+        let short = Object::Reduce {
+            callable: Box::new(class("torch._utils", "_rebuild_tensor_v2")),
+            args: Box::new(Object::Tuple(vec![Object::Int(0)])),
+        };
+        assert!(TensorRef::parse(&short).is_err());
+        let empty_param = Object::Reduce {
+            callable: Box::new(class("torch._utils", "_rebuild_parameter")),
+            args: Box::new(Object::Tuple(vec![])),
+        };
+        assert!(TensorRef::parse(&empty_param).is_err());
+        assert!(TensorRef::parse(&Object::Int(3)).is_err());
+        let other = Object::Reduce {
+            callable: Box::new(class("numpy", "ndarray")),
+            args: Box::new(Object::Tuple(vec![])),
+        };
+        assert!(TensorRef::parse(&other).is_err());
     }
 }
