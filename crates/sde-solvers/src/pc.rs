@@ -307,13 +307,13 @@ impl<P, C> PcSampler<P, C> {
 
 /// [`Error::NonFinite`] if `x` holds a NaN or an infinity.
 pub(crate) fn check_finite(x: &Tensor, what: &str, step: usize, t: f64) -> Result<()> {
-    match sde_core::ensure_finite(x, || what.to_string()) {
-        Ok(()) => Ok(()),
-        Err(sde_core::Error::NonFinite { .. }) => Err(Error::NonFinite {
+    if crate::predictor::fused::all_finite(x)? {
+        Ok(())
+    } else {
+        Err(Error::NonFinite {
             what: what.to_string(),
             step,
             t,
-        }),
-        Err(e) => Err(e.into()),
+        })
     }
 }

@@ -2,10 +2,11 @@
 
 use candle_core::Tensor;
 use sde_core::noise::{randn_like, NoiseSource};
-use sde_core::{mul_batch, ScoreFn, Sde};
+use sde_core::{ScoreFn, Sde};
 
 use super::{check_corrector_params, Corrector};
 use crate::error::Result;
+use crate::predictor::fused::{per_sample, Coeff, Terms};
 use crate::predictor::Update;
 
 /// Annealed Langevin dynamics (`AnnealedLangevinDynamics`, the sampler of NCSN/NCSNv2):
@@ -44,21 +45,35 @@ impl<S: Sde + ?Sized> Corrector<S> for AnnealedLangevinDynamics {
         t: &Tensor,
         noise: &mut N,
     ) -> Result<Update> {
-        let alpha = sde.langevin_alpha(t)?;
+        let alpha = per_sample(&sde.langevin_alpha(t)?)?;
         let (_, std) = sde.marginal_prob(x, t)?;
+        let std = per_sample(&std)?;
         let r2 = self.snr * self.snr;
         // ε = 2 α r² σ²
-        let step = (std.sqr()?.affine(2.0 * r2, 0.0)? * alpha.to_dtype(std.dtype())?)?;
-        let noise_scale = step.affine(2.0, 0.0)?.sqrt()?;
-        let mut x = x.clone();
-        let mut x_mean = x.clone();
+        let step = Coeff::from_vec(
+            alpha
+                .iter()
+                .zip(&std)
+                .map(|(a, s)| 2.0 * r2 * s * s * a)
+                .collect(),
+        );
+        let noise_scale = step.map(|e| (2.0 * e).sqrt());
+        let mut up = Update {
+            x: x.clone(),
+            x_mean: x.clone(),
+        };
         for _ in 0..self.n_steps_each {
-            let grad = score.score(&x, t)?;
-            let z = randn_like(&x, noise)?;
-            x_mean = (&x + mul_batch(&step, &grad)?)?;
-            x = (&x_mean + mul_batch(&noise_scale, &z)?)?;
+            let grad = score.score(&up.x, t)?;
+            let z = randn_like(&up.x, noise)?;
+            up = Terms {
+                x: &up.x,
+                f: None,
+                s: Some((&grad, &step)),
+                z: Some((&z, &noise_scale)),
+            }
+            .apply()?;
         }
-        Ok(Update { x, x_mean })
+        Ok(up)
     }
     fn n_steps_each(&self) -> usize {
         self.n_steps_each

@@ -1,11 +1,12 @@
 //! The Langevin corrector of the paper (Algorithms 4 and 5).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use sde_core::noise::{randn_like, NoiseSource};
-use sde_core::{mul_batch, ScoreFn, Sde};
+use sde_core::{ScoreFn, Sde};
 
 use super::{check_corrector_params, Corrector};
 use crate::error::Result;
+use crate::predictor::fused::{mean_norm, per_sample, Coeff, Terms};
 use crate::predictor::Update;
 
 /// Langevin corrector (`LangevinCorrector`, Algorithms 4–5 of the paper): `n_steps_each` times,
@@ -33,20 +34,6 @@ impl LangevinCorrector {
     }
 }
 
-/// Batch mean of the per-sample L2 norms, (1/B) Σ_b ‖v_b‖₂, as an f64.
-pub(crate) fn mean_norm(v: &Tensor) -> Result<f64> {
-    let b = v.dim(0)?;
-    let n = v
-        .flatten_from(1)?
-        .sqr()?
-        .sum(1)?
-        .sqrt()?
-        .sum_all()?
-        .to_dtype(DType::F64)?
-        .to_scalar::<f64>()?;
-    Ok(n / b.max(1) as f64)
-}
-
 impl<S: Sde + ?Sized> Corrector<S> for LangevinCorrector {
     fn update<F: ScoreFn + ?Sized, N: NoiseSource + ?Sized>(
         &self,
@@ -56,18 +43,26 @@ impl<S: Sde + ?Sized> Corrector<S> for LangevinCorrector {
         t: &Tensor,
         noise: &mut N,
     ) -> Result<Update> {
-        let alpha = sde.langevin_alpha(t)?;
-        let mut x = x.clone();
-        let mut x_mean = x.clone();
+        let alpha = Coeff::from_vec(per_sample(&sde.langevin_alpha(t)?)?);
+        let mut up = Update {
+            x: x.clone(),
+            x_mean: x.clone(),
+        };
         for _ in 0..self.n_steps_each {
-            let grad = score.score(&x, t)?;
-            let z = randn_like(&x, noise)?;
+            let grad = score.score(&up.x, t)?;
+            let z = randn_like(&up.x, noise)?;
             let ratio = self.snr * mean_norm(&z)? / mean_norm(&grad)?;
-            let step = alpha.affine(2.0 * ratio * ratio, 0.0)?;
-            x_mean = (&x + mul_batch(&step, &grad)?)?;
-            x = (&x_mean + mul_batch(&step.affine(2.0, 0.0)?.sqrt()?, &z)?)?;
+            let step = alpha.map(|a| 2.0 * ratio * ratio * a);
+            let noise_scale = step.map(|e| (2.0 * e).sqrt());
+            up = Terms {
+                x: &up.x,
+                f: None,
+                s: Some((&grad, &step)),
+                z: Some((&z, &noise_scale)),
+            }
+            .apply()?;
         }
-        Ok(Update { x, x_mean })
+        Ok(up)
     }
     fn n_steps_each(&self) -> usize {
         self.n_steps_each

@@ -2,8 +2,9 @@
 
 use candle_core::Tensor;
 use sde_core::noise::{randn_like, NoiseSource};
-use sde_core::{mul_batch, AncestralSde, ScoreFn};
+use sde_core::{AncestralSde, ScoreFn};
 
+use super::fused::{per_sample, Coeff, Terms};
 use super::{Predictor, Update};
 use crate::error::Result;
 
@@ -30,7 +31,13 @@ impl<S: AncestralSde + ?Sized> Predictor<S> for AncestralSamplingPredictor {
         let s = score.score(x, t)?;
         let (x_mean, std) = sde.ancestral_step(x, t, &s)?;
         let z = randn_like(x, noise)?;
-        let x = (&x_mean + mul_batch(&std, &z)?)?;
-        Ok(Update { x, x_mean })
+        let std = Coeff::from_vec(per_sample(&std)?);
+        Terms {
+            x: &x_mean,
+            f: None,
+            s: None,
+            z: Some((&z, &std)),
+        }
+        .apply()
     }
 }

@@ -2,8 +2,9 @@
 
 use candle_core::Tensor;
 use sde_core::noise::{randn_like, NoiseSource};
-use sde_core::{mul_batch, ScoreFn, Sde};
+use sde_core::{ScoreFn, Sde};
 
+use super::fused::{per_sample, Coeff, Terms};
 use super::{Predictor, Update};
 use crate::error::Result;
 
@@ -42,14 +43,16 @@ impl<S: Sde + ?Sized> Predictor<S> for EulerMaruyamaPredictor {
         let s = score.score(x, t)?;
         let (f, g) = sde.sde(x, t)?;
         let w = if self.probability_flow { 0.5 } else { 1.0 };
-        // reverse drift f − w g² s
-        let drift = (f - mul_batch(&g.sqr()?.affine(w, 0.0)?, &s)?)?;
-        let x_mean = (x - drift.affine(dt, 0.0)?)?;
-        let x = if self.probability_flow {
-            x_mean.clone()
-        } else {
-            (&x_mean + mul_batch(&g.affine(dt.sqrt(), 0.0)?, &z)?)?
-        };
-        Ok(Update { x, x_mean })
+        let g = Coeff::from_vec(per_sample(&g)?);
+        // x̄ = x − Δt f + w g² Δt s,  x = x̄ + g √Δt z
+        let a = g.map(|g| w * g * g * dt);
+        let c = g.map(|g| g * dt.sqrt());
+        Terms {
+            x,
+            f: Some((&f, -dt)),
+            s: Some((&s, &a)),
+            z: (!self.probability_flow).then_some((&z, &c)),
+        }
+        .apply()
     }
 }

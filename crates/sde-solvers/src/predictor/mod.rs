@@ -14,6 +14,7 @@
 
 mod ancestral;
 mod euler_maruyama;
+pub(crate) mod fused;
 mod reverse_diffusion;
 
 pub use ancestral::AncestralSamplingPredictor;

@@ -2,8 +2,9 @@
 
 use candle_core::Tensor;
 use sde_core::noise::{randn_like, NoiseSource};
-use sde_core::{mul_batch, ScoreFn, Sde};
+use sde_core::{ScoreFn, Sde};
 
+use super::fused::{per_sample, Coeff, Terms};
 use super::{Predictor, Update};
 use crate::error::Result;
 
@@ -40,14 +41,16 @@ impl<S: Sde + ?Sized> Predictor<S> for ReverseDiffusionPredictor {
         let (f, g) = sde.discretize(x, t)?;
         let s = score.score(x, t)?;
         let w = if self.probability_flow { 0.5 } else { 1.0 };
-        let rev_f = (f - mul_batch(&g.sqr()?.affine(w, 0.0)?, &s)?)?;
         let z = randn_like(x, noise)?;
-        let x_mean = (x - rev_f)?;
-        let x = if self.probability_flow {
-            x_mean.clone()
-        } else {
-            (&x_mean + mul_batch(&g, &z)?)?
-        };
-        Ok(Update { x, x_mean })
+        let g = Coeff::from_vec(per_sample(&g)?);
+        // x̄ = x − f + w G² s,  x = x̄ + G z
+        let a = g.map(|g| w * g * g);
+        Terms {
+            x,
+            f: Some((&f, -1.0)),
+            s: Some((&s, &a)),
+            z: (!self.probability_flow).then_some((&z, &g)),
+        }
+        .apply()
     }
 }
