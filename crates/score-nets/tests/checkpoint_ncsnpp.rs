@@ -77,3 +77,30 @@ fn model_and_ema_weights_reproduce_the_reference_outputs() {
     let gap = max_abs(&(&outputs[0] - &outputs[1]).unwrap());
     assert!(gap > 1.0, "model and EMA outputs differ by only {gap}");
 }
+
+/// `parameter_order` reproduces the reference's `model.parameters()` order for NCSN++ and
+/// DDPM (so the EMA list of their checkpoints can be named without the json).
+#[test]
+fn parameter_order_is_the_reference_order() {
+    use score_nets::checkpoint::parameter_order;
+    use score_nets::{Ddpm, DdpmConfig};
+    for name in ["net_ncsnpp_ve", "net_ddpmpp_vp", "net_ddpm_vp"] {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(tv(&format!("{name}.json"))).unwrap()).unwrap();
+        let want: Vec<&str> = json["parameter_order"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let got = if name == "net_ddpm_vp" {
+            let cfg = DdpmConfig::from_reference_json(&json["config"]).unwrap();
+            parameter_order(|vb| Ddpm::new(&cfg, vb)).unwrap()
+        } else {
+            let cfg = NcsnPpConfig::from_reference_json(&json["config"]).unwrap();
+            parameter_order(|vb| NcsnPp::new(cfg, vb)).unwrap()
+        };
+        let got: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(got, want, "{name}");
+    }
+}

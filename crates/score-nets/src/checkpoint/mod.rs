@@ -10,15 +10,18 @@
 //! * [`read_safetensors`] / [`save_safetensors`] / [`save_varmap`]: safetensors files, written
 //!   atomically (temporary file, `fsync`, `rename`).
 //! * [`load_reference_checkpoint`]: the `checkpoint_*.pth` files of the reference's training
-//!   loop (`torch.save` of `{'model', 'ema', 'optimizer', 'step'}`), model or EMA weights.
+//!   loop (`torch.save` of `{'model', 'ema', 'optimizer', 'step'}`), model or EMA weights;
+//!   [`parameter_order`] gives the order of the EMA's positional list.
 //!
 //! A missing, truncated, corrupt or foreign file is [`crate::Error::Checkpoint`], never a
 //! panic.
 
+mod order;
 mod safetensors_io;
 mod strict;
 mod torch;
 
+pub use order::parameter_order;
 pub use safetensors_io::{
     read_safetensors, save_safetensors, save_varmap, write_atomically, SafetensorsContents,
 };
