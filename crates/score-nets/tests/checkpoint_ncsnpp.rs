@@ -58,6 +58,7 @@ fn model_and_ema_weights_reproduce_the_reference_outputs() {
         let ckpt = load_reference_checkpoint(tv("ckpt_ncsnpp_ve.pth"), which, &trainable).unwrap();
         // Strict: every tensor of the checkpoint (incl. the sigmas buffer) is read, none missing.
         let net = StrictWeights::new(ckpt.tensors)
+            .with_source(format!("ckpt_ncsnpp_ve.pth ({which:?})"))
             .build(DType::F32, &Device::Cpu, |vb| {
                 NcsnPp::new(config.clone(), vb)
             })

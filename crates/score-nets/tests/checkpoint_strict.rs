@@ -43,7 +43,7 @@ fn every_mismatch_is_reported_at_once() {
         Tensor::zeros(5, DType::F32, &dev).unwrap(),
     );
     ts.insert("ok".to_string(), Tensor::ones(4, DType::F32, &dev).unwrap());
-    let sw = StrictWeights::new(ts);
+    let sw = StrictWeights::new(ts).with_source("my weights");
     let vb = sw.vb(DType::F32, &dev);
     // Wrong shape, wrong dtype, missing, fine; `extra` never read.
     let w = vb.get((3, 3), "a.weight").unwrap();

@@ -276,6 +276,12 @@ impl StrictWeights {
         })
     }
 
+    /// Names where the weights came from (a path, `"ckpt.pth (EMA)"`) in error messages.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
     /// Sets how stored dtypes may differ from the network's (default [`DTypePolicy::Exact`]).
     pub fn dtype_policy(mut self, policy: DTypePolicy) -> Self {
         self.policy = policy;
