@@ -73,13 +73,27 @@ fn roundtrip<M: ScoreModel>(
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("w.safetensors");
     save_varmap(&vm, None, &path).unwrap();
-    let loaded = StrictWeights::from_safetensors(&path)
-        .unwrap()
-        .build(DType::F32, &Device::Cpu, &build)
-        .unwrap();
+    let sw = StrictWeights::from_safetensors(&path).unwrap();
+    // Every variable comes back bit for bit.
+    for (name, var) in vm.data().lock().unwrap().iter() {
+        let saved = &sw.tensors()[name];
+        assert_eq!(
+            max_abs(&(var.as_tensor() - saved).unwrap()),
+            0.0,
+            "{tag}: {name}"
+        );
+    }
+    let loaded = sw.build(DType::F32, &Device::Cpu, &build).unwrap();
     let a = fresh.forward_t(x, labels, false).unwrap();
     let b = loaded.forward_t(x, labels, false).unwrap();
-    assert_eq!(max_abs(&(a - b).unwrap()), 0.0, "{tag}");
+    // Same weights; the convolutions may take another (equally exact) kernel for variables,
+    // which track gradients, than for plain tensors, so compare to float32 rounding.
+    let err = max_abs(&(&a - &b).unwrap());
+    assert!(
+        err <= 1e-5 * max_abs(&a),
+        "{tag}: {err} vs max {}",
+        max_abs(&a)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
