@@ -90,7 +90,6 @@ impl Error {
         Error::Hook(Box::new(e))
     }
 
-    #[allow(dead_code)]
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

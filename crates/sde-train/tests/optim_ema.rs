@@ -71,7 +71,7 @@ fn warmup_and_clipping() {
     let mut adam = Adam::new(&vm, cfg).unwrap();
     // Step 0 has rate 0: nothing moves, but the moments see the clipped gradient.
     let g = Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap(); // ‖g‖ = 5 → clipped to 1
-    let st = adam.step(&[g.clone()]).unwrap();
+    let st = adam.step(std::slice::from_ref(&g)).unwrap();
     assert_eq!((st.lr, st.grad_norm), (0.0, 5.0));
     assert_eq!(w(&vm), vec![0.0, 0.0]);
     let (_, m, _) = adam.moments().next().unwrap();
