@@ -1,3 +1,95 @@
-fn main() {
-    // Benchmarks for this crate are added with its issue.
+//! NCSN++ (VE) and DDPM++ (VP) CIFAR-10 presets on the CPU: forward, and forward + input vjp
+//! (what the likelihood's divergence estimator needs). Baselines: `shared/baselines/`.
+//!
+//! Short profile: `cargo bench --bench nets` (sample size 10, ~2 s per case).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor, Var};
+use criterion::{criterion_group, criterion_main, Criterion};
+use score_nets::{init::seeded_var_builder, NcsnPp, NcsnPpConfig};
+
+/// Builds `cfg` with seeded init, then reloads its weights as constants (no parameter grads in
+/// the vjp, as in a likelihood evaluation).
+fn build(cfg: NcsnPpConfig) -> NcsnPp {
+    let dev = Device::Cpu;
+    let vm = candle_nn::VarMap::new();
+    NcsnPp::new(cfg.clone(), seeded_var_builder(&vm, 0, DType::F32, &dev)).unwrap();
+    let ts: HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    NcsnPp::new(
+        cfg,
+        candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+    )
+    .unwrap()
 }
+
+fn inputs(b: usize, positional: bool) -> (Tensor, Tensor) {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let x = sde_core::noise::NoiseSource::randn(
+        &mut rng,
+        &(b, 3, 32, 32).into(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let l: Vec<f32> = (0..b)
+        .map(|i| {
+            if positional {
+                100.0 + 80.0 * i as f32
+            } else {
+                0.5 + i as f32
+            }
+        })
+        .collect();
+    (x, Tensor::new(l, &Device::Cpu).unwrap())
+}
+
+fn vjp(net: &NcsnPp, x: &Tensor, l: &Tensor, v: &Tensor) -> Tensor {
+    let xv = Var::from_tensor(x).unwrap();
+    let y = net.forward(xv.as_tensor(), l).unwrap();
+    let g = (y * v).unwrap().sum_all().unwrap().backward().unwrap();
+    g.get(xv.as_tensor()).unwrap().clone()
+}
+
+fn bench(c: &mut Criterion) {
+    let filter = std::env::var("NETS_BENCH_ONLY").unwrap_or_default();
+    for (name, cfg, positional) in [
+        (
+            "ncsnpp_ve",
+            NcsnPpConfig::cifar10_ncsnpp_continuous(),
+            false,
+        ),
+        ("ddpmpp_vp", NcsnPpConfig::cifar10_ddpmpp_continuous(), true),
+    ] {
+        if !filter.is_empty() && !name.contains(&filter) {
+            continue;
+        }
+        let net = build(cfg);
+        let mut g = c.benchmark_group(format!("cpu_{name}_32x32"));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        for b in [1usize, 8] {
+            let (x, l) = inputs(b, positional);
+            let v = x.sin().unwrap();
+            g.bench_function(format!("forward_b{b}"), |bn| {
+                bn.iter(|| net.forward(&x, &l).unwrap())
+            });
+            g.bench_function(format!("forward_vjp_b{b}"), |bn| {
+                bn.iter(|| vjp(&net, &x, &l, &v))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
