@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod data;
+mod datasets;
 mod discrete;
 mod ema;
 mod error;
@@ -21,6 +22,10 @@ pub use checkpoint::{
     CHECKPOINT_FORMAT,
 };
 pub use data::{BatchSource, ShuffledBatches, Toy2d, ToyBatches};
+pub use datasets::{
+    image_grid, load_cifar10, load_cifar10_dir, load_idx, load_image_folder, load_mnist_images,
+    load_mnist_labels, resize_center_crop, CIFAR10_RECORD,
+};
 pub use discrete::{draw_labels, DdpmLoss, SmldLoss};
 pub use ema::Ema;
 pub use error::{Error, Result};
