@@ -1,1 +1,17 @@
-//! Umbrella package of the scoresde-rs workspace: it holds the examples and benches.
+//! # scoresde
+//!
+//! The umbrella package of the scoresde-rs workspace. It holds the examples (`examples/`), the
+//! benches (`benches/`) and end-to-end tests, and this small library of helpers they share:
+//! [`plot`] (scatter plots, vector fields and trajectories as PNG, with no plotting dependency
+//! beyond `image`) and [`metrics`] (two-sample statistics and mode coverage).
+//!
+//! The crates themselves are re-exported for convenience.
+#![warn(missing_docs)]
+
+pub mod metrics;
+pub mod plot;
+
+pub use score_nets;
+pub use sde_core;
+pub use sde_solvers;
+pub use sde_train;

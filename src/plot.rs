@@ -1,0 +1,189 @@
+//! Minimal raster plots written as PNG: scatter plots, vector fields and trajectories of 2-D
+//! points, and grids of images. Enough to show samples to a colleague without a plotting stack.
+
+use std::path::Path;
+
+use image::{Rgb, RgbImage};
+
+/// An RGB colour.
+pub type Color = [u8; 3];
+
+/// A palette of distinguishable colours.
+pub const PALETTE: [Color; 8] = [
+    [31, 119, 180],
+    [214, 39, 40],
+    [44, 160, 44],
+    [255, 127, 14],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [23, 190, 207],
+];
+
+/// Light grey for data shown behind samples.
+pub const GREY: Color = [190, 190, 190];
+
+/// A square canvas mapping the data box `[lo, hi]²` to `size × size` pixels (y up).
+#[derive(Debug, Clone)]
+pub struct Canvas {
+    img: RgbImage,
+    lo: f64,
+    hi: f64,
+}
+
+impl Canvas {
+    /// A white canvas of `size` pixels for data in `[lo, hi]²`, with a light grid at the integers.
+    pub fn new(size: u32, lo: f64, hi: f64) -> Self {
+        let mut c = Self {
+            img: RgbImage::from_pixel(size, size, Rgb([255, 255, 255])),
+            lo,
+            hi,
+        };
+        let mut g = lo.ceil();
+        while g <= hi {
+            let col = if g == 0.0 {
+                [200, 200, 200]
+            } else {
+                [238, 238, 238]
+            };
+            c.line((g, lo), (g, hi), col);
+            c.line((lo, g), (hi, g), col);
+            g += 1.0;
+        }
+        c
+    }
+
+    fn to_px(&self, p: (f64, f64)) -> (f64, f64) {
+        let s = self.img.width() as f64;
+        let u = (p.0 - self.lo) / (self.hi - self.lo) * s;
+        let v = s - (p.1 - self.lo) / (self.hi - self.lo) * s;
+        (u, v)
+    }
+
+    fn blend(&mut self, x: i64, y: i64, c: Color, alpha: f64) {
+        if x < 0 || y < 0 || x >= self.img.width() as i64 || y >= self.img.height() as i64 {
+            return;
+        }
+        let p = self.img.get_pixel_mut(x as u32, y as u32);
+        for k in 0..3 {
+            p.0[k] = (p.0[k] as f64 * (1.0 - alpha) + c[k] as f64 * alpha).round() as u8;
+        }
+    }
+
+    /// Draws each point (flattened `[x0, y0, x1, y1, …]`) as a disc of `radius` pixels.
+    pub fn scatter(&mut self, points: &[f64], color: Color, radius: f64, alpha: f64) {
+        for p in points.chunks_exact(2) {
+            let (u, v) = self.to_px((p[0], p[1]));
+            if !(u.is_finite() && v.is_finite()) {
+                continue;
+            }
+            let r = radius.ceil() as i64;
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    if ((dx * dx + dy * dy) as f64) <= radius * radius {
+                        self.blend(u as i64 + dx, v as i64 + dy, color, alpha);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Draws a straight segment between two data points.
+    pub fn line(&mut self, a: (f64, f64), b: (f64, f64), color: Color) {
+        let (a, b) = (self.to_px(a), self.to_px(b));
+        if !(a.0.is_finite() && a.1.is_finite() && b.0.is_finite() && b.1.is_finite()) {
+            return;
+        }
+        let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).clamp(1, 10_000);
+        for i in 0..=steps {
+            let s = i as f64 / steps as f64;
+            self.blend(
+                (a.0 + s * (b.0 - a.0)).round() as i64,
+                (a.1 + s * (b.1 - a.1)).round() as i64,
+                color,
+                1.0,
+            );
+        }
+    }
+
+    /// Draws an arrow from `a` to `b` (data coordinates) with a small head.
+    pub fn arrow(&mut self, a: (f64, f64), b: (f64, f64), color: Color) {
+        self.line(a, b, color);
+        let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+        let len = (dx * dx + dy * dy).sqrt();
+        if len == 0.0 || !len.is_finite() {
+            return;
+        }
+        let head = 0.3 * len;
+        for ang in [2.6f64, -2.6] {
+            let (c, s) = (ang.cos(), ang.sin());
+            let hx = (dx * c - dy * s) / len * head;
+            let hy = (dx * s + dy * c) / len * head;
+            self.line(b, (b.0 + hx, b.1 + hy), color);
+        }
+    }
+
+    /// Draws a polyline through the given data points.
+    pub fn polyline(&mut self, pts: &[(f64, f64)], color: Color) {
+        for w in pts.windows(2) {
+            self.line(w[0], w[1], color);
+        }
+    }
+
+    /// The underlying image.
+    pub fn image(&self) -> &RgbImage {
+        &self.img
+    }
+
+    /// Writes the canvas as PNG.
+    pub fn save(&self, path: impl AsRef<Path>) -> image::ImageResult<()> {
+        self.img.save(path)
+    }
+}
+
+/// Places canvases side by side (left to right) with a 4-pixel white gutter.
+pub fn hstack(panels: &[&Canvas]) -> RgbImage {
+    let h = panels.iter().map(|c| c.img.height()).max().unwrap_or(0);
+    let w: u32 = panels
+        .iter()
+        .map(|c| c.img.width() + 4)
+        .sum::<u32>()
+        .saturating_sub(4);
+    let mut out = RgbImage::from_pixel(w.max(1), h.max(1), Rgb([255, 255, 255]));
+    let mut x0 = 0;
+    for c in panels {
+        image::imageops::replace(&mut out, &c.img, x0 as i64, 0);
+        x0 += c.img.width() + 4;
+    }
+    out
+}
+
+/// Tiles images given as `[B, C, H, W]` values in `[0, 1]` (C = 1 or 3) into a grid with
+/// `ncol` columns and a 2-pixel gutter (the reference's `save_image` grid).
+pub fn image_grid(data: &[f32], b: usize, c: usize, h: usize, w: usize, ncol: usize) -> RgbImage {
+    let ncol = ncol.max(1);
+    let nrow = b.div_ceil(ncol);
+    let pad = 2;
+    let gw = (ncol * (w + pad) + pad) as u32;
+    let gh = (nrow * (h + pad) + pad) as u32;
+    let mut img = RgbImage::from_pixel(gw, gh, Rgb([255, 255, 255]));
+    for i in 0..b {
+        let (r, col) = (i / ncol, i % ncol);
+        for y in 0..h {
+            for x in 0..w {
+                let mut px = [0u8; 3];
+                for (k, p) in px.iter_mut().enumerate() {
+                    let ch = if c == 1 { 0 } else { k.min(c - 1) };
+                    let v = data[((i * c + ch) * h + y) * w + x];
+                    *p = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+                }
+                img.put_pixel(
+                    (pad + col * (w + pad) + x) as u32,
+                    (pad + r * (h + pad) + y) as u32,
+                    Rgb(px),
+                );
+            }
+        }
+    }
+    img
+}
