@@ -6,7 +6,7 @@ use sde_core::noise::NoiseSource;
 use sde_core::{ReverseSde, ScoreFn, Sde};
 
 use crate::error::{Error, Result};
-use crate::ode::{OdeMethod, OdeSolution};
+use crate::ode::{OdeMethod, OdeSolution, Rowwise};
 
 /// Options of [`OdeSampler`], mirroring `get_ode_sampler(sde, shape, inverse_scaler, denoise,
 /// rtol, atol, method, eps)`. Defaults: RK45 with `rtol = atol = 1e-5` and
@@ -119,7 +119,8 @@ impl<'a, S: Sde + ?Sized, F: ScoreFn + ?Sized> OdeSampler<'a, S, F> {
                 "ODE sampling needs float data, got {dtype:?}"
             )));
         }
-        let rhs = |x: &Tensor, t: &Tensor| self.drift(x, t, dtype);
+        // The probability-flow drift acts sample by sample.
+        let rhs = Rowwise(|x: &Tensor, t: &Tensor| self.drift(x, t, dtype));
         let state = x.to_dtype(self.opts.solver_dtype)?;
         let mut sol = self.opts.method.solve(&rhs, &state, t0, t1)?;
         sol.x = sol.x.to_dtype(dtype)?;

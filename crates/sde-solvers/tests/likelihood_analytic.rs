@@ -12,6 +12,7 @@
 use candle_core::{DType, Device, Shape, Tensor};
 use rand::SeedableRng;
 use sde_core::analytic::{GaussianMixture, GaussianMixtureScore, GaussianScore};
+use sde_core::noise::NoiseSource;
 use sde_core::{Sde, SubVpSde, VeSde, VpSde};
 use sde_solvers::likelihood::{
     bits_per_dim, reference_bits_per_dim, uniform_dequantize, DivergenceEstimator, HutchinsonProbe,
@@ -318,4 +319,57 @@ fn invalid_options() {
     let x = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
     let bad_probe = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
     assert!(lik.log_likelihood_with_probes(&x, &[bad_probe]).is_err());
+}
+
+/// Per-sample step control: each sample's likelihood is what it gets alone (its probe follows it
+/// when the solver drops finished samples), and agrees with the batch-mode value.
+#[test]
+fn per_sample_likelihood_is_batch_independent() {
+    let sde = VeSde::default();
+    let gmm = GaussianMixture::ring(8, 4.0, 0.2).unwrap();
+    let oracle = GaussianMixtureScore::new(&sde, gmm.clone());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let x = gmm
+        .sample(
+            &Shape::from((6, 1, 1, 2)),
+            &Device::Cpu,
+            DType::F32,
+            &mut rng,
+        )
+        .unwrap();
+    let probe = rng.rademacher(x.shape(), &Device::Cpu, DType::F32).unwrap();
+    let per = LikelihoodOptions {
+        method: OdeMethod::Rk45(Rk45Options {
+            error_norm: ErrorNorm::PerSample,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let lik = Likelihood::new(&sde, &oracle, per).unwrap();
+    let all = host(
+        &lik.log_likelihood_with_probes(&x, std::slice::from_ref(&probe))
+            .unwrap()
+            .log_p,
+    );
+    let batch = Likelihood::new(&sde, &oracle, LikelihoodOptions::default()).unwrap();
+    let all_batch = host(
+        &batch
+            .log_likelihood_with_probes(&x, std::slice::from_ref(&probe))
+            .unwrap()
+            .log_p,
+    );
+    for i in 0..6 {
+        let xi = x.narrow(0, i, 1).unwrap();
+        let pi = probe.narrow(0, i, 1).unwrap();
+        let alone = host(&lik.log_likelihood_with_probes(&xi, &[pi]).unwrap().log_p)[0];
+        assert!(
+            (alone - all[i]).abs() < 1e-9,
+            "sample {i}: {alone} vs {}",
+            all[i]
+        );
+        assert!(
+            (all_batch[i] - all[i]).abs() < 1e-3,
+            "sample {i}: per-sample vs batch"
+        );
+    }
 }

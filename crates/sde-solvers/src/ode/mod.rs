@@ -16,6 +16,7 @@ mod rk45;
 pub mod tableau;
 
 pub use fixed::{FixedStep, FixedStepMethod};
+pub(crate) use rk45::row_sums;
 pub use rk45::{ErrorNorm, Rk45, Rk45Options};
 
 /// The right-hand side F of dx/dt = F(x, t): `x: [B, ...]`, `t: [B]` → `[B, ...]`.
@@ -24,11 +25,50 @@ pub use rk45::{ErrorNorm, Rk45, Rk45Options};
 pub trait OdeRhs {
     /// F(x, t).
     fn eval(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
+
+    /// F on a subset of the batch: row j of `x` is row `rows[j]` of the original batch
+    /// (`rows: [B']`, `u32`). Called instead of [`eval`](Self::eval) by the per-sample RK45 once
+    /// it has dropped finished samples, only when [`supports_rows`](Self::supports_rows) is
+    /// true. Default: [`eval`](Self::eval) (right for a row-independent F).
+    fn eval_rows(&self, x: &Tensor, t: &Tensor, rows: &Tensor) -> Result<Tensor> {
+        let _ = rows;
+        self.eval(x, t)
+    }
+
+    /// Whether row b of F depends only on row b of `x` and `t` (and on per-sample data that
+    /// [`eval_rows`](Self::eval_rows) selects), so that the batch can shrink. Default `false`:
+    /// a closure may couple samples or hold per-sample data.
+    fn supports_rows(&self) -> bool {
+        false
+    }
 }
 
 impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor>> OdeRhs for F {
     fn eval(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         self(x, t)
+    }
+}
+
+/// Marks a closure F(x, t) as row-independent (each sample's derivative depends only on that
+/// sample), so that [`ErrorNorm::PerSample`] RK45 may drop finished samples from the batch.
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sde_solvers::ode::{ErrorNorm, Rk45, Rk45Options, Rowwise};
+/// let decay = Rowwise(|x: &Tensor, _t: &Tensor| -> sde_solvers::Result<Tensor> { Ok(x.neg()?) });
+/// let x0 = Tensor::new(&[[1.0f64], [2.0]], &Device::Cpu)?;
+/// let opts = Rk45Options { error_norm: ErrorNorm::PerSample, ..Default::default() };
+/// let sol = Rk45::new(opts)?.solve(&decay, &x0, 0.0, 1.0)?;
+/// # Ok::<(), sde_solvers::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Rowwise<F>(pub F);
+
+impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor>> OdeRhs for Rowwise<F> {
+    fn eval(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        (self.0)(x, t)
+    }
+    fn supports_rows(&self) -> bool {
+        true
     }
 }
 

@@ -120,7 +120,9 @@ impl Rk45Options {
 /// 2 + 6 × (step attempts) with the automatic first step.
 ///
 /// Only per-step scalars (the error norms, one per sample in [`ErrorNorm::PerSample`] mode)
-/// travel to the host; the state stays on its device. The right-hand side takes `(x, t)` in that
+/// travel to the host; the state stays on its device. In per-sample mode, a right-hand side that
+/// works row by row ([`OdeRhs::supports_rows`], e.g. [`Rowwise`](super::Rowwise)) lets the
+/// solver drop finished samples from the batch, so the cost follows each sample's own steps. The right-hand side takes `(x, t)` in that
 /// order (scipy's `fun` takes `(t, y)`), with `t: [B]` in the state's dtype.
 ///
 /// ```
@@ -185,18 +187,32 @@ impl Layout {
     /// Scaled RMS norm √(mean (x/scale)²) per group.
     fn rms(&self, x: &Tensor, scale: &Tensor) -> Result<Vec<f64>> {
         let q = (x / scale)?.sqr()?;
-        let ss = if self.rank <= 1 {
-            q
-        } else {
-            q.flatten_from(1)?.sum(1)?
-        };
-        let ss = sde_core::to_host_f64(&ss)?;
-        Ok(if self.per_sample {
-            ss.iter().map(|s| (s / self.group_numel).sqrt()).collect()
-        } else {
-            vec![(ss.iter().sum::<f64>() / self.group_numel).sqrt()]
-        })
+        if !self.per_sample {
+            let ss = q.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            return Ok(vec![(ss / self.group_numel).sqrt()]);
+        }
+        let ss = sde_core::to_host_f64(&row_sums(&q)?)?;
+        Ok(ss.iter().map(|s| (s / self.group_numel).sqrt()).collect())
     }
+}
+
+/// Per-sample sums Σ_j x_bj of `x: [B, ...]` → `[B]`, as one matrix–vector product with a
+/// vector of ones (candle's reduction makes one call per row, slow for short rows).
+pub(crate) fn row_sums(x: &Tensor) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    let n = x.elem_count() / b.max(1);
+    if x.rank() <= 1 || n == 1 {
+        return Ok(x.reshape(b)?);
+    }
+    let ones = Tensor::ones((n, 1), x.dtype(), x.device())?;
+    Ok(x.reshape((b, n))?.matmul(&ones)?.reshape(b)?)
+}
+
+/// A `u32` index tensor on `dev`.
+fn index_tensor(idx: &[usize], dev: &candle_core::Device) -> Result<Tensor> {
+    let v: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+    let n = v.len();
+    Ok(Tensor::from_vec(v, n, &candle_core::Device::Cpu)?.to_device(dev)?)
 }
 
 /// Σ_j c_j k_j over the nonzero coefficients.
@@ -293,7 +309,7 @@ impl Rk45 {
             });
         }
         let per_sample = o.error_norm == ErrorNorm::PerSample;
-        let lay = Layout {
+        let mut lay = Layout {
             batch,
             per_sample,
             group_numel: if per_sample {
@@ -307,11 +323,29 @@ impl Rk45 {
         let dir = if t1 > t0 { 1.0 } else { -1.0 };
         let interval = (t1 - t0).abs();
         let (dtype, dev) = (x0.dtype(), x0.device().clone());
+        // Per-sample mode drops finished samples from the batch when the right-hand side allows
+        // it: `rows` maps working rows to the caller's batch positions.
+        let compact = per_sample && rhs.supports_rows();
+        let mut rows: Vec<usize> = (0..batch).collect();
+        let mut rows_t: Option<Tensor> = if compact {
+            Some(index_tensor(&rows, &dev)?)
+        } else {
+            None
+        };
+        let mut finished: Vec<(Vec<usize>, Tensor)> = Vec::new();
         let mut nfe = 0usize;
-        let mut eval = |x: &Tensor, t: &[f64]| -> Result<Tensor> {
-            nfe += 1;
+        let eval = |x: &Tensor,
+                    t: &[f64],
+                    lay: &Layout,
+                    rows_t: Option<&Tensor>,
+                    nfe: &mut usize|
+         -> Result<Tensor> {
+            *nfe += 1;
             let tt = lay.times(t, dtype, &dev)?;
-            let k = rhs.eval(x, &tt)?;
+            let k = match rows_t {
+                Some(r) => rhs.eval_rows(x, &tt, r)?,
+                None => rhs.eval(x, &tt)?,
+            };
             if k.shape() != x.shape() {
                 return Err(Error::ShapeMismatch {
                     what: "ODE right-hand side",
@@ -329,7 +363,7 @@ impl Rk45 {
 
         let mut y = x0.clone();
         let mut t = vec![t0; g];
-        let mut f = eval(&y, &t)?;
+        let mut f = eval(&y, &t, &lay, rows_t.as_ref(), &mut nfe)?;
 
         // Initial step: scipy's `select_initial_step` (Hairer, Nørsett & Wanner, II.4).
         let mut h_abs: Vec<f64> = match o.first_step {
@@ -362,7 +396,7 @@ impl Rk45 {
                 }
                 let y1 = (&y + lay.hmul(&f, &h0.iter().map(|h| h * dir).collect::<Vec<_>>())?)?;
                 let t_1: Vec<f64> = h0.iter().map(|h| t0 + h * dir).collect();
-                let f1 = eval(&y1, &t_1)?;
+                let f1 = eval(&y1, &t_1, &lay, rows_t.as_ref(), &mut nfe)?;
                 let d2 = lay.rms(&(&f1 - &f)?, &scale)?;
                 let mut out = Vec::with_capacity(g);
                 for i in 0..g {
@@ -388,6 +422,7 @@ impl Rk45 {
         let (mut n_accepted, mut n_rejected) = (0usize, 0usize);
         let mut attempts = 0usize;
         while done.iter().any(|d| !d) {
+            let g = lay.n_groups();
             if attempts >= o.max_steps {
                 let tt = (0..g).find(|&i| !done[i]).map_or(t1, |i| t[i]);
                 return Err(Error::MaxSteps {
@@ -432,12 +467,12 @@ impl Rk45 {
             for s in 1..N_STAGES {
                 let dy = lay.hmul(&comb(&ks, &A[s][..s])?, &h)?;
                 let ts: Vec<f64> = (0..g).map(|i| t[i] + C[s] * h[i]).collect();
-                let k = eval(&(&y + dy)?, &ts)?;
+                let k = eval(&(&y + dy)?, &ts, &lay, rows_t.as_ref(), &mut nfe)?;
                 ks.push(k);
             }
             let y_new = (&y + lay.hmul(&comb(&ks, &B)?, &h)?)?;
             let t_end: Vec<f64> = (0..g).map(|i| t[i] + h[i]).collect();
-            let f_new = eval(&y_new, &t_end)?;
+            let f_new = eval(&y_new, &t_end, &lay, rows_t.as_ref(), &mut nfe)?;
             ks.push(f_new.clone());
             let err = lay.hmul(&comb(&ks, &E)?, &h)?;
             let scale = y.abs()?.maximum(&y_new.abs()?)?.affine(o.rtol, o.atol)?;
@@ -488,14 +523,58 @@ impl Rk45 {
                 // Per-sample mode with a mix of accepted and rejected samples.
                 let mask: Vec<u8> = accept.iter().map(|&a| u8::from(a)).collect();
                 let mut shape = vec![1usize; lay.rank];
-                shape[0] = batch;
-                let mask = Tensor::from_vec(mask, batch, &candle_core::Device::Cpu)?
+                shape[0] = lay.batch;
+                let mask = Tensor::from_vec(mask, lay.batch, &candle_core::Device::Cpu)?
                     .to_device(y.device())?
                     .reshape(shape)?
                     .broadcast_as(y.shape())?;
                 y = mask.where_cond(&y_new, &y)?;
                 f = mask.where_cond(&f_new, &f)?;
             }
+            // Drop finished samples once they are at least a tenth of the working batch.
+            let n_done = done.iter().filter(|&&d| d).count();
+            if compact && n_done > 0 && (n_done == g || 10 * n_done >= g) {
+                let (gone, keep): (Vec<usize>, Vec<usize>) = (0..g).partition(|&i| done[i]);
+                let gone_t = index_tensor(&gone, &dev)?;
+                finished.push((
+                    gone.iter().map(|&i| rows[i]).collect(),
+                    y.index_select(&gone_t, 0)?,
+                ));
+                if keep.is_empty() {
+                    break;
+                }
+                let keep_t = index_tensor(&keep, &dev)?;
+                y = y.index_select(&keep_t, 0)?;
+                f = f.index_select(&keep_t, 0)?;
+                let pick = |v: &[f64]| keep.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+                t = pick(&t);
+                h_abs = pick(&h_abs);
+                fresh = keep.iter().map(|&i| fresh[i]).collect();
+                rejected = keep.iter().map(|&i| rejected[i]).collect();
+                done = vec![false; keep.len()];
+                rows = keep.iter().map(|&i| rows[i]).collect();
+                rows_t = Some(index_tensor(&rows, &dev)?);
+                lay.batch = keep.len();
+            }
+        }
+        if compact {
+            // Put the finished pieces back in the caller's order.
+            if !done.iter().all(|&d| d) || finished.is_empty() {
+                finished.push((rows.clone(), y));
+            }
+            let mut order = Vec::with_capacity(batch);
+            let mut parts = Vec::with_capacity(finished.len());
+            for (idx, part) in finished {
+                order.extend(idx);
+                parts.push(part);
+            }
+            let mut inverse = vec![0usize; batch];
+            for (pos, &orig) in order.iter().enumerate() {
+                if let Some(slot) = inverse.get_mut(orig) {
+                    *slot = pos;
+                }
+            }
+            y = Tensor::cat(&parts, 0)?.index_select(&index_tensor(&inverse, &dev)?, 0)?;
         }
         Ok(OdeSolution {
             x: y,
