@@ -8,10 +8,18 @@
 //! The crates themselves are re-exported for convenience.
 #![warn(missing_docs)]
 
+pub mod images;
 pub mod metrics;
 pub mod plot;
+pub mod report;
+pub mod toy;
 
 pub use score_nets;
 pub use sde_core;
 pub use sde_solvers;
 pub use sde_train;
+
+/// The README's quick start, compiled and run as a doc test so it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

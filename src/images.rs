@@ -1,0 +1,256 @@
+//! The image path of the `smld` and `ddpm` examples: train NCSN++ / DDPM++ from the paper's
+//! presets on CIFAR-10, MNIST or a folder of images, or sample a trained (ours, safetensors) or
+//! reference (`.pth`) checkpoint into an image grid.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rand::SeedableRng;
+use score_nets::checkpoint::{
+    load_reference_checkpoint, parameter_order, CheckpointWeights, StrictWeights,
+};
+use score_nets::{NcsnPp, NcsnPpConfig};
+use sde_core::{ScoreModelFn, Sde, SubVpSde, VeSde, VpSde};
+use sde_solvers::corrector::LangevinCorrector;
+use sde_solvers::pc::PcSampler;
+use sde_solvers::predictor::ReverseDiffusionPredictor;
+use sde_train::{SdeLoss, SdeLossOptions, ShuffledBatches, TrainConfig, Trainer};
+
+use crate::toy::AnyResult;
+
+/// Command-line options of the image path (flattened into the examples' arguments).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ImageArgs {
+    /// Train on images: `cifar10` (binary batches), `mnist` (IDX file) or `folder` (PNG/JPEG).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Where the dataset lives (the `cifar-10-batches-bin` folder, the MNIST images IDX file, or
+    /// the image folder).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Sample from this checkpoint (ours: `.safetensors` from training; the reference's: `.pth`).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Network config as the reference's JSON (ml_collections dump); default: the paper's preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Use the raw model weights of a checkpoint instead of the EMA weights.
+    #[arg(long)]
+    pub model_weights: bool,
+    /// Use the deep preset (NCSN++ / DDPM++ continuous deep).
+    #[arg(long)]
+    pub deep: bool,
+    /// Image-path training steps.
+    #[arg(long, default_value_t = 1_300_000)]
+    pub train_steps: u64,
+    /// Image-path batch size.
+    #[arg(long, default_value_t = 128)]
+    pub train_batch: usize,
+    /// Images to sample into the grid.
+    #[arg(long, default_value_t = 16)]
+    pub n_images: usize,
+    /// PC sampler steps for images.
+    #[arg(long, default_value_t = 1000)]
+    pub sample_steps: usize,
+    /// `vp` (default for ddpm) or `subvp`.
+    #[arg(long)]
+    pub sde: Option<String>,
+}
+
+/// Which paper family an example reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// SMLD / NCSN++ with the VE SDE.
+    Ve,
+    /// DDPM / DDPM++ with the VP (or sub-VP) SDE.
+    Vp,
+}
+
+fn device() -> AnyResult<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        return Ok(Device::new_cuda(0)?);
+    }
+    #[allow(unreachable_code)]
+    Ok(Device::Cpu)
+}
+
+fn preset(family: Family, a: &ImageArgs) -> AnyResult<NcsnPpConfig> {
+    if let Some(p) = &a.config {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p)?)?;
+        return Ok(NcsnPpConfig::from_reference_json(&v)?);
+    }
+    let subvp = a.sde.as_deref() == Some("subvp");
+    Ok(match (family, a.deep, subvp) {
+        (Family::Ve, false, _) => NcsnPpConfig::cifar10_ncsnpp_continuous(),
+        (Family::Ve, true, _) => NcsnPpConfig::cifar10_ncsnpp_deep_continuous(),
+        (Family::Vp, false, false) => NcsnPpConfig::cifar10_ddpmpp_continuous(),
+        (Family::Vp, true, false) => NcsnPpConfig::cifar10_ddpmpp_deep_continuous(),
+        (Family::Vp, false, true) => NcsnPpConfig::cifar10_subvp_ddpmpp_continuous(),
+        (Family::Vp, true, true) => NcsnPpConfig::cifar10_subvp_ddpmpp_deep_continuous(),
+    })
+}
+
+/// Runs the image path: sampling a checkpoint when `--checkpoint` is given, else training on
+/// `--dataset`.
+pub fn run(a: &ImageArgs, family: Family, out: &Path, seed: u64, quick: bool) -> AnyResult<()> {
+    let cfg = preset(family, a)?;
+    // N only matters for sampling (training uses the continuous loss).
+    let n = if quick {
+        a.sample_steps.min(10)
+    } else {
+        a.sample_steps
+    };
+    match family {
+        Family::Ve => with_sde(
+            &VeSde::new(0.01, cfg_sigma_max(&cfg), n)?,
+            a,
+            cfg,
+            out,
+            seed,
+            quick,
+        ),
+        Family::Vp if a.sde.as_deref() == Some("subvp") => {
+            with_sde(&SubVpSde::new(0.1, 20.0, n)?, a, cfg, out, seed, quick)
+        }
+        Family::Vp => with_sde(&VpSde::new(0.1, 20.0, n)?, a, cfg, out, seed, quick),
+    }
+}
+
+fn cfg_sigma_max(cfg: &NcsnPpConfig) -> f64 {
+    cfg.sigmas().first().copied().unwrap_or(50.0)
+}
+
+fn with_sde<S: Sde>(
+    sde: &S,
+    a: &ImageArgs,
+    cfg: NcsnPpConfig,
+    out: &Path,
+    seed: u64,
+    quick: bool,
+) -> AnyResult<()> {
+    let dev = device()?;
+    if let Some(ckpt) = &a.checkpoint {
+        let model = load_network(ckpt, &cfg, !a.model_weights, &dev)?;
+        let n = if quick { a.n_images.min(4) } else { a.n_images };
+        return sample_grid(sde, &model, &cfg, n, &dev, seed, &out.join("samples.png"));
+    }
+    let (Some(ds), Some(dir)) = (&a.dataset, &a.data_dir) else {
+        return Err("--dataset needs --data-dir".into());
+    };
+    let images = match ds.as_str() {
+        "cifar10" => sde_train::load_cifar10_dir(dir, true)?.0,
+        "mnist" => sde_train::load_mnist_images(dir)?,
+        "folder" => sde_train::load_image_folder(dir, cfg.image_size)?,
+        other => return Err(format!("unknown dataset `{other}` (cifar10, mnist, folder)").into()),
+    };
+    let mut cfg = cfg;
+    let (_, c, h, _) = images.dims4()?;
+    cfg.num_channels = c;
+    cfg.image_size = h;
+    let data = sde_train::scaler(&images, cfg.centered)?;
+    let vm = VarMap::new();
+    let vb = score_nets::init::seeded_var_builder(&vm, seed, DType::F32, &dev);
+    let model = NcsnPp::new(cfg.clone(), vb)?;
+    let loss = SdeLoss::new(
+        sde,
+        SdeLossOptions {
+            continuous: true,
+            reduce_mean: false,
+            ..Default::default()
+        },
+    )?;
+    let steps = if quick { 2 } else { a.train_steps };
+    let batch = if quick { 2 } else { a.train_batch };
+    let config = TrainConfig {
+        n_iters: steps,
+        snapshot_freq: 10_000,
+        ema_decay: if matches!(cfg.embedding_type, score_nets::EmbeddingType::Fourier) {
+            0.999
+        } else {
+            0.9999
+        },
+        seed,
+        progress: !quick,
+        extra: serde_json::to_value(&cfg)?,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(&model, &vm, loss, config)?
+        .with_log(out.join("train_log.jsonl"))?
+        .with_checkpoint_dir(out.join("checkpoints"))?;
+    let mut batches =
+        ShuffledBatches::new(data.to_device(&dev)?, batch, seed)?.with_random_flip(true);
+    let summary = trainer.run(&mut batches, None)?;
+    println!(
+        "trained {} steps; last loss {:.4}; checkpoints in {}",
+        steps,
+        summary.losses.last().copied().unwrap_or(f64::NAN),
+        out.join("checkpoints").display()
+    );
+    Ok(())
+}
+
+/// Builds NCSN++ / DDPM++ `cfg` with the weights of `path` (strictly: every key must match).
+pub fn load_network(path: &Path, cfg: &NcsnPpConfig, ema: bool, dev: &Device) -> AnyResult<NcsnPp> {
+    let is_pth = path.extension().is_some_and(|e| e == "pth" || e == "pt");
+    let tensors = if is_pth {
+        let order: Vec<String> = parameter_order(|vb| NcsnPp::new(cfg.clone(), vb))?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !n.ends_with(".W") || !n.starts_with("all_modules.0."))
+            .collect();
+        let which = if ema {
+            CheckpointWeights::Ema
+        } else {
+            CheckpointWeights::Model
+        };
+        load_reference_checkpoint(path, which, &order)?.tensors
+    } else {
+        let ck = sde_train::load_checkpoint(path);
+        match ck {
+            Ok(ck) => (if ema { ck.ema } else { ck.model }).into_iter().collect(),
+            // not a training checkpoint: plain weights
+            Err(_) => score_nets::checkpoint::read_safetensors(path)?.0,
+        }
+    };
+    Ok(StrictWeights::new(tensors).build(DType::F32, dev, |vb| NcsnPp::new(cfg.clone(), vb))?)
+}
+
+/// Samples `n` images with the PC sampler (reverse diffusion + Langevin, snr 0.16 (VE) / 0.27,
+/// N = `sde.n()` steps) and writes them as a grid.
+pub fn sample_grid<S: Sde>(
+    sde: &S,
+    model: &NcsnPp,
+    cfg: &NcsnPpConfig,
+    n: usize,
+    dev: &Device,
+    seed: u64,
+    path: &Path,
+) -> AnyResult<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let score = ScoreModelFn::new(sde, model, true);
+    let snr = if cfg.centered { 0.27 } else { 0.16 };
+    let pc = PcSampler::new(
+        ReverseDiffusionPredictor::new(false),
+        LangevinCorrector::new(snr, 1)?,
+    );
+    let shape = (n, cfg.num_channels, cfg.image_size, cfg.image_size);
+    let bar = indicatif::ProgressBar::new(sde.n() as u64);
+    let out = pc.sample_observed(sde, &score, shape, dev, DType::F32, &mut rng, |_, _, _| {
+        bar.inc(1)
+    })?;
+    bar.finish_and_clear();
+    let x: Tensor = sde_train::inverse_scaler(&out.x, cfg.centered)?.clamp(0.0, 1.0)?;
+    sde_train::image_grid(
+        &x.to_device(&Device::Cpu)?,
+        (n as f64).sqrt().ceil() as usize,
+        path,
+    )?;
+    println!(
+        "sampled {n} images with {} network evaluations: {}",
+        out.nfe,
+        path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! The main examples run end to end in their CI-sized form (`--quick`), so they never rot:
+//! each exits successfully and writes its plots and a `summary.json` with sane figures.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `target/<profile>/examples/<name>`, built by `cargo test` alongside the tests.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let path = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "example binary {} not built (run through `cargo test`)",
+        path.display()
+    );
+    path
+}
+
+fn run(name: &str, extra: &[&str]) -> serde_json::Value {
+    let out = std::env::temp_dir().join(format!("scoresde-test-{name}-{}", std::process::id()));
+    let status = Command::new(example(name))
+        .args(["--quick", "--out"])
+        .arg(&out)
+        .args(extra)
+        .status()
+        .expect("example runs");
+    assert!(status.success(), "{name} failed: {status}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json"))
+            .expect("valid JSON");
+    for png in ["samples.png"] {
+        assert!(out.join(png).exists(), "{name} did not write {png}");
+    }
+    summary
+}
+
+#[test]
+fn smld_quick_runs() {
+    let s = run("smld", &[]);
+    let q = &s["pc_reverse_diffusion_langevin"]["quality"];
+    assert_eq!(q["modes"]["modes_covered"], 8, "{s}");
+    assert!(s["held_out_likelihood"]["mean_log_p"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    assert!(
+        s["training"]["loss_last"].as_f64().unwrap()
+            < s["training"]["loss_first"].as_f64().unwrap()
+    );
+}
+
+#[test]
+fn ddpm_quick_runs() {
+    let s = run("ddpm", &[]);
+    assert!(
+        s["samplers"]["ancestral sampling (DDPM)"]["nfe"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{s}"
+    );
+    let s = run("ddpm", &["--sde", "subvp"]);
+    assert!(
+        s["samplers"].get("ancestral sampling (DDPM)").is_none(),
+        "sub-VP has no ancestral sampler"
+    );
+}
+
+#[test]
+fn custom_sde_quick_runs() {
+    let s = run("custom_sde", &[]);
+    let err = s["likelihood"]["max_abs_error_nats"].as_f64().unwrap();
+    assert!(err < 1e-2, "likelihood of the custom SDE off by {err} nats");
+    assert_eq!(s["pc"]["coverage"]["modes_covered"], 8);
+}
+
+#[test]
+fn smld_samples_the_reference_checkpoint() {
+    // The reference's own training checkpoint (small NCSN++ config) through the image path.
+    let tv = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testvectors/");
+    let out = std::env::temp_dir().join(format!("scoresde-test-ckpt-{}", std::process::id()));
+    let status = Command::new(example("smld"))
+        .args(["--quick", "--out"])
+        .arg(&out)
+        .arg("--checkpoint")
+        .arg(format!("{tv}ckpt_ncsnpp_ve.pth"))
+        .arg("--config")
+        .arg(format!("{tv}net_ncsnpp_ve.json"))
+        .status()
+        .expect("example runs");
+    assert!(status.success());
+    assert!(out.join("samples.png").exists());
+}
