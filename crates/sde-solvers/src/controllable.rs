@@ -17,7 +17,7 @@ use sde_core::{mul_batch, ScoreFn, Sde};
 
 use crate::corrector::Corrector;
 use crate::error::{Error, Result};
-use crate::pc::{check_finite, time_grid, PcOutput, PcSampler};
+use crate::pc::{check_finite, time_grid, time_vec, PcOutput, PcSampler};
 use crate::predictor::{Predictor, Update};
 
 /// The reference's decoupling matrix M (columns (1,1,1)/√3, (−2,1,1)/√6, (0,1,−1)/√2), exact in
@@ -82,7 +82,7 @@ impl<P, C> PcSampler<P, C> {
         let mut x = x_init.clone();
         let mut x_mean = x.clone();
         for (i, &ti) in grid.iter().enumerate() {
-            let t = Tensor::full(ti, batch, x.device())?.to_dtype(x.dtype())?;
+            let t = time_vec(ti, batch, &x)?;
             let up = self.corrector.update(sde, &counted, &x, &t, noise)?;
             let up = project(up, &t, noise)?;
             check_finite(&up.x, "x after the corrector", i, ti)?;

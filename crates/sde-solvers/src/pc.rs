@@ -282,7 +282,7 @@ impl<P, C> PcSampler<P, C> {
         let mut x = x_init.clone();
         let mut x_mean = x.clone();
         for (i, &ti) in grid.iter().enumerate() {
-            let t = Tensor::full(ti, batch, x.device())?.to_dtype(x.dtype())?;
+            let t = time_vec(ti, batch, &x)?;
             let Update { x: xc, .. } = self.corrector.update(sde, &counting, &x, &t, noise)?;
             check_finite(&xc, "x after the corrector", i, ti)?;
             let up = self.predictor.update(sde, &counting, &xc, &t, noise)?;
@@ -303,6 +303,15 @@ impl<P, C> PcSampler<P, C> {
             score_evals: counting.calls.get(),
         })
     }
+}
+
+/// The time tensor `[t; B]` in `x`'s dtype and device (one allocation for f32 / f64).
+pub(crate) fn time_vec(t: f64, batch: usize, x: &Tensor) -> Result<Tensor> {
+    Ok(match x.dtype() {
+        DType::F32 => Tensor::full(t as f32, batch, x.device())?,
+        DType::F64 => Tensor::full(t, batch, x.device())?,
+        dt => Tensor::full(t, batch, x.device())?.to_dtype(dt)?,
+    })
 }
 
 /// [`Error::NonFinite`] if `x` holds a NaN or an infinity.
