@@ -469,9 +469,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .sampling_eps(1e-5);
     let report = |name: &str, (median, cpu): (f64, f64)| {
+        let reps = if name.starts_with("part") || name.starts_with("sde-core") {
+            1
+        } else {
+            reps
+        };
         let full = median * 1000.0 / steps as f64;
         println!(
-            "pc_sampler_gmm2d rd+langevin ve {batch}x{steps} cpu f32 [{name}]: {median:.3} s wall, {cpu:.2} s cpu (medians of {reps}; {:.3e} sample-steps/s; reference 5.87 s per 1000 steps; ratio {:.1}x)",
+            "pc_sampler_gmm2d rd+langevin ve {batch}x{steps} cpu f32 [{name}]: {median:.3} s wall, {cpu:.2} s cpu (median of {reps} run(s); {:.3e} sample-steps/s; reference 5.87 s per 1000 steps; ratio {:.1}x)",
             (batch * steps) as f64 / median,
             REFERENCE_S / full
         );
@@ -539,6 +544,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut noise = toy::BlockNoise::new(seed);
                 for _ in 0..2 * steps {
                     noise.randn(&(batch, 2).into(), &Device::Cpu, DType::F32)?;
+                }
+                Ok(())
+            })?,
+        );
+        report(
+            "part: sde-core discretize + langevin_alpha only, N calls each",
+            time_it(1, |_| {
+                use sde_core::Sde;
+                for _ in 0..steps {
+                    sde.discretize(&x, &t)?;
+                    sde.langevin_alpha(&t)?;
                 }
                 Ok(())
             })?,
