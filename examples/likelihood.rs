@@ -126,14 +126,18 @@ impl CaseResult {
     }
 }
 
+/// log p_T(z) per sample in closed form.
+type LogPEnd<'a> = &'a dyn Fn(&Tensor) -> Result<Vec<f64>, Box<dyn Error>>;
+
 /// Runs the exact trace and Hutchinson likelihoods over `data` in batches.
+#[allow(clippy::too_many_arguments)]
 fn run_case<S: Sde, F: ScoreFn>(
     name: &str,
     sde: &S,
     score: &F,
     data: &Tensor,
     closed: Vec<f64>,
-    log_p_end: &dyn Fn(&Tensor) -> Result<Vec<f64>, Box<dyn Error>>,
+    log_p_end: LogPEnd<'_>,
     probe: HutchinsonProbe,
     args: &Args,
     rng: &mut rand::rngs::StdRng,
@@ -251,6 +255,7 @@ fn parity(closed: &[f64], exact: &[f64], hutch: &[f64], se: &[f64], lo: f64, hi:
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
+    scoresde::toy::single_threaded_candle();
     let mut args = Args::parse();
     if args.quick {
         args.n_points = args.n_points.min(24);
