@@ -305,6 +305,23 @@ fn damaged_or_mismatched_checkpoints_are_typed_errors() {
     let mut fresh = Trainer::new(&net2, &vm2, loss(), config(3)).unwrap();
     fresh.resume(&good).unwrap();
     assert_eq!(weights(&vm), weights(&vm2));
+    // load_weights: the EMA weights for sampling.
+    let ema: Vec<(String, Vec<f32>)> = t
+        .ema()
+        .shadow()
+        .iter()
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                s.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect();
+    let (vm_s, _net_s) = mlp(11, 16);
+    sde_train::load_weights(&good, &vm_s, sde_train::Weights::Ema).unwrap();
+    assert_eq!(weights(&vm_s), ema);
+    sde_train::load_weights(&good, &vm_s, sde_train::Weights::Model).unwrap();
+    assert_eq!(weights(&vm_s), weights(&vm));
 
     let check = |name: &str, data: &[u8], want: &str| {
         let p = dir.join(name);
