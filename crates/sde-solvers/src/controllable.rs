@@ -111,6 +111,7 @@ impl<P, C> PcSampler<P, C> {
     /// x̄ from the noisy x (`x_mean = x * (1 - mask) + ...` after reassigning x), so its
     /// `denoise` does not denoise the inpainted entries; here x̄ keeps the update's own mean.
     /// Draws: prior, then per update the update's draws and one for the known entries.
+    #[doc(alias = "get_pc_inpainter")]
     pub fn inpaint<S, F, N>(
         &self,
         sde: &S,
@@ -158,6 +159,7 @@ impl<P, C> PcSampler<P, C> {
     /// channels, then x = M u. As in [`inpaint`](Self::inpaint), x̄ keeps the update's own mean
     /// (the reference rebuilds it from the noisy x). M is the reference's matrix in exact f64
     /// form and M⁻¹ = Mᵀ.
+    #[doc(alias = "get_pc_colorizer")]
     pub fn colorize<S, F, N>(
         &self,
         sde: &S,
@@ -205,6 +207,7 @@ impl<P, C> PcSampler<P, C> {
 /// sampling (the reference's `classifier_grad_fn`).
 ///
 /// `x: [B, ...]`, `t: [B]`, `labels: [B]` (integer classes) → `[B, ...]`.
+#[doc(alias = "classifier_grad_fn")]
 pub trait ClassifierGrad {
     /// ∇ₓ log p_t(y | x) at each sample's label.
     fn grad_log_prob(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> sde_core::Result<Tensor>;
@@ -285,6 +288,7 @@ impl<L: Fn(&Tensor, &Tensor) -> sde_core::Result<Tensor>> ClassifierGrad for Aut
 /// assert_eq!(out.x.dims(), &[4, 2]);
 /// # Ok::<(), sde_solvers::Error>(())
 /// ```
+#[doc(alias = "get_pc_conditional_sampler")]
 pub struct GuidedScore<'a, F: ?Sized, G: ?Sized> {
     score: &'a F,
     classifier: &'a G,
