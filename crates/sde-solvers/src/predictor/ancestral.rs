@@ -16,6 +16,34 @@ use crate::error::Result;
 /// - VP: x̄ = (x + β_i s) / √(1 − β_i),  x = x̄ + √β_i z;
 ///
 /// i = ⌊t (N−1)/T⌋, z ~ N(0, I). No probability-flow variant (the reference asserts that).
+///
+/// Pairing it with sub-VP is a compile error (the reference raises at run time):
+/// ```compile_fail
+/// use candle_core::{DType, Device};
+/// use rand::SeedableRng;
+/// use sde_core::{analytic::GaussianScore, SubVpSde};
+/// use sde_solvers::{corrector::NoCorrector, pc::PcSampler, predictor::AncestralSamplingPredictor};
+/// let sde = SubVpSde::new(0.1, 20.0, 50)?;
+/// let score = GaussianScore::isotropic(&sde, 0.0, 1.0)?;
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// PcSampler::new(AncestralSamplingPredictor, NoCorrector)
+///     .sample(&sde, &score, (2, 2), &Device::Cpu, DType::F32, &mut rng)?;
+/// # Ok::<(), sde_solvers::Error>(())
+/// ```
+/// while VE and VP work:
+/// ```
+/// use candle_core::{DType, Device};
+/// use rand::SeedableRng;
+/// use sde_core::{analytic::GaussianScore, VpSde};
+/// use sde_solvers::{corrector::NoCorrector, pc::PcSampler, predictor::AncestralSamplingPredictor};
+/// let sde = VpSde::new(0.1, 20.0, 50)?;
+/// let score = GaussianScore::isotropic(&sde, 0.0, 1.0)?;
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let out = PcSampler::new(AncestralSamplingPredictor, NoCorrector)
+///     .sample(&sde, &score, (2, 2), &Device::Cpu, DType::F32, &mut rng)?;
+/// assert_eq!(out.nfe, 100);
+/// # Ok::<(), sde_solvers::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AncestralSamplingPredictor;
 
