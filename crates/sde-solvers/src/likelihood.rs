@@ -50,7 +50,7 @@ use crate::error::{Error, Result};
 use crate::ode::{OdeMethod, OdeRhs};
 
 /// Distribution of the Hutchinson–Skilling probes ε (`hutchinson_type`): any ε with
-/// E[ε] = 0, E[ε εᵀ] = I gives an unbiased trace estimate tr(J) = E[εᵀ J ε].
+/// 𝔼 ε = 0, 𝔼 ε εᵀ = I gives an unbiased trace estimate tr(J) = 𝔼 εᵀ J ε.
 #[doc(alias = "hutchinson_type")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HutchinsonProbe {

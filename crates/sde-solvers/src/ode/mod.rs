@@ -78,6 +78,7 @@ pub struct OdeSolution {
     /// x(t1), in the state's dtype and on its device.
     pub x: Tensor,
     /// Number of right-hand-side evaluations on the batch (`nfe`, scipy's `nfev`).
+    #[doc(alias = "nfev")]
     pub nfe: usize,
     /// Accepted steps (summed over samples with [`ErrorNorm::PerSample`]).
     pub n_accepted: usize,

@@ -137,6 +137,8 @@ impl Rk45Options {
 /// assert!((x1 - (-1f64).exp()).abs() < 1e-8);
 /// # Ok::<(), sde_solvers::Error>(())
 /// ```
+#[doc(alias = "RK45")]
+#[doc(alias = "dopri5")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rk45 {
     opts: Rk45Options,
@@ -270,6 +272,7 @@ impl Rk45 {
     /// Errors: [`Error::NonFinite`] when the state or the right-hand side stops being finite,
     /// [`Error::MaxSteps`] after `max_steps` attempts, [`Error::StepSizeTooSmall`] when the step
     /// falls below 10 ulp of t, [`Error::ShapeMismatch`] when `rhs` changes the shape.
+    #[doc(alias = "solve_ivp")]
     pub fn solve<R: OdeRhs + ?Sized>(
         &self,
         rhs: &R,
