@@ -151,3 +151,75 @@ fn invalid_options_are_rejected() {
         ));
     }
 }
+
+/// The cheap fixed-step methods approach the RK45 solution at their orders (Heun 2, Euler 1).
+#[test]
+fn fixed_step_methods_approach_rk45() {
+    use sde_solvers::ode::{FixedStep, FixedStepMethod};
+    let sde = VpSde::default();
+    let score = GaussianScore::isotropic(&sde, 0.3, 0.6).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let z = sde
+        .prior_sampling(&Shape::from((16, 2)), &Device::Cpu, DType::F32, &mut rng)
+        .unwrap();
+    let decode = |method: OdeMethod| {
+        let opts = OdeSamplerOptions {
+            method,
+            ..Default::default()
+        };
+        let out = OdeSampler::new(&sde, &score, opts)
+            .unwrap()
+            .decode(&z)
+            .unwrap();
+        (host(&out.x), out.nfe)
+    };
+    let tight = Rk45Options {
+        rtol: 1e-8,
+        atol: 1e-8,
+        ..Default::default()
+    };
+    let (reference, _) = decode(OdeMethod::Rk45(tight));
+    let err = |m: FixedStepMethod, n: usize| {
+        let (x, nfe) = decode(OdeMethod::Fixed(FixedStep::new(m, n).unwrap()));
+        assert_eq!(nfe, n * FixedStep::new(m, n).unwrap().evals_per_step());
+        x.iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    };
+    let (h1, h2) = (
+        err(FixedStepMethod::Heun, 50),
+        err(FixedStepMethod::Heun, 100),
+    );
+    let (e1, e2) = (
+        err(FixedStepMethod::Euler, 200),
+        err(FixedStepMethod::Euler, 400),
+    );
+    assert!(h2 < 2e-3 && (h1 / h2).log2() > 1.6, "Heun errors {h1} {h2}");
+    assert!(
+        e2 < 2e-2 && (e1 / e2).log2() > 0.8,
+        "Euler errors {e1} {e2}"
+    );
+}
+
+/// A float32 solver state (for Metal, or to halve memory) still matches the reference's
+/// outputs closely; the NFE may differ from scipy's float64 run.
+#[test]
+fn float32_solver_state() {
+    let v = load();
+    let sde = VpSde::new(0.1, 20.0, 1000).unwrap();
+    let score = GaussianScore::isotropic(&sde, 0.3, 0.6).unwrap();
+    let opts = OdeSamplerOptions {
+        solver_dtype: DType::F32,
+        ..Default::default()
+    };
+    let out = OdeSampler::new(&sde, &score, opts)
+        .unwrap()
+        .decode(&v["ode_vp.z"])
+        .unwrap();
+    let (got, want) = (host(&out.x), host(&v["ode_vp.plain.out"]));
+    let scale = want.iter().fold(0f64, |m, w| m.max(w.abs()));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-4 * scale, "{g} vs {w}");
+    }
+}
