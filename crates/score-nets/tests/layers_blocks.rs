@@ -335,38 +335,32 @@ fn dropout_uses_the_callers_rng() {
 }
 
 #[test]
-fn im2col_conv_matches_candle_conv_and_its_gradients() {
+fn fast_conv_paths_match_candle_conv_and_its_gradients() {
     use candle_core::Var;
-    use score_nets::layers::conv::conv2d_im2col;
+    use score_nets::layers::conv::{conv2d, conv2d_im2col};
     // square input: candle's own conv2d backward gets the output padding of the second spatial
     // dim wrong when it differs from the first's
     let x = randn(&[2, 5, 9, 9], 21);
     let v = randn(&[2, 3, 9, 9], 22);
+    type ConvFn = fn(&Tensor, &Tensor, usize, usize) -> score_nets::Result<Tensor>;
+    let paths: [(&str, ConvFn); 2] = [("custom op", conv2d), ("im2col", conv2d_im2col)];
     for (k, pad, stride) in [
         (3usize, 1usize, 1usize),
         (3, 0, 2),
         (1, 0, 1),
         (3, 2, 2),
         (1, 0, 2),
+        (3, 1, 2),
     ] {
         let w = randn(&[3, 5, k, k], 23);
         let want = x.conv2d(&w, pad, stride, 1, 1).unwrap();
-        let got = conv2d_im2col(&x, &w, pad, stride).unwrap();
-        assert_close(&got, &want, 1e-6, &format!("k{k} p{pad} s{stride}"));
-        // gradients w.r.t. input and kernel against candle's conv2d backward
         let v = v
             .narrow(2, 0, want.dim(2).unwrap())
             .unwrap()
             .narrow(3, 0, want.dim(3).unwrap())
             .unwrap();
         let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
-        let g1 = (conv2d_im2col(xv.as_tensor(), wv.as_tensor(), pad, stride).unwrap() * &v)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (xv
+        let g_ref = (xv
             .as_tensor()
             .conv2d(wv.as_tensor(), pad, stride, 1, 1)
             .unwrap()
@@ -376,13 +370,30 @@ fn im2col_conv_matches_candle_conv_and_its_gradients() {
             .unwrap()
             .backward()
             .unwrap();
-        for t in [xv.as_tensor(), wv.as_tensor()] {
+        for (name, f) in paths {
+            let what = format!("{name} k{k} p{pad} s{stride}");
+            assert_close(&f(&x, &w, pad, stride).unwrap(), &want, 1e-6, &what);
+            let y = f(xv.as_tensor(), wv.as_tensor(), pad, stride).unwrap();
+            assert_close(&y, &want, 1e-6, &what);
+            let g = (y * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [xv.as_tensor(), wv.as_tensor()] {
+                assert_close(
+                    g.get(t).unwrap(),
+                    g_ref.get(t).unwrap(),
+                    1e-5,
+                    &format!("grad {what}"),
+                );
+            }
+            // only the input tracked: no kernel gradient is produced
+            let y = f(xv.as_tensor(), &w, pad, stride).unwrap();
+            let g = (y * &v).unwrap().sum_all().unwrap().backward().unwrap();
             assert_close(
-                g1.get(t).unwrap(),
-                g2.get(t).unwrap(),
+                g.get(xv.as_tensor()).unwrap(),
+                g_ref.get(xv.as_tensor()).unwrap(),
                 1e-5,
-                &format!("grad k{k} p{pad} s{stride}"),
+                &what,
             );
+            assert!(g.get(&w).is_none());
         }
     }
 }
