@@ -124,7 +124,10 @@ fn inpainting_mixture_lands_on_the_compatible_branches() {
     eprintln!(
         "on branches {on:.4}, share up {share:.4} (exact 1/3), up {mu_up:.4} ± {sd_up:.4}, down {mu_dn:.4} ± {sd_dn:.4}"
     );
-    assert!(on > 0.9, "only {on} of the samples on the compatible branches");
+    assert!(
+        on > 0.9,
+        "only {on} of the samples on the compatible branches"
+    );
     assert!(share > 0.2 && share < 0.5, "share {share}");
     assert!((mu_up - c).abs() < 0.05 && (mu_dn + c).abs() < 0.05);
 }
