@@ -266,3 +266,55 @@ fn non_finite_values_stop_the_sampler() {
         e => panic!("unexpected error {e}"),
     }
 }
+
+/// `sample_model(continuous = true)` goes through the reference's label convention: a VP
+/// "network" that recovers t = label / 999 and returns −std(t)·score gives the same samples as
+/// the score itself (the reference's own test model, vectors README).
+#[test]
+fn sample_model_applies_the_label_convention() {
+    use rand::SeedableRng;
+    use sde_core::{ScoreFn, ScoreModel};
+    struct Net<'a>(&'a VpSde, GaussianScore<&'a VpSde>);
+    impl ScoreModel for Net<'_> {
+        fn forward_t(&self, x: &Tensor, labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+            let t = labels.affine(1.0 / 999.0, 0.0)?;
+            let (_, std) = self.0.marginal_prob(x, &t)?;
+            sde_core::mul_batch(&std.neg()?, &self.1.score(x, &t)?)
+        }
+    }
+    let sde = VpSde::new(0.1, 20.0, 50).unwrap();
+    let score = GaussianScore::isotropic(&sde, 0.3, 0.6).unwrap();
+    let net = Net(&sde, score.clone());
+    let s = PcSampler::new(
+        ReverseDiffusionPredictor::new(false),
+        LangevinCorrector::new(0.16, 1).unwrap(),
+    );
+    let shape = (4, 3);
+    let a = s
+        .sample_model(
+            &sde,
+            &net,
+            true,
+            shape,
+            &Device::Cpu,
+            DType::F32,
+            &mut rand::rngs::StdRng::seed_from_u64(9),
+        )
+        .unwrap();
+    let b = s
+        .sample(
+            &sde,
+            &score,
+            shape,
+            &Device::Cpu,
+            DType::F32,
+            &mut rand::rngs::StdRng::seed_from_u64(9),
+        )
+        .unwrap();
+    let (ga, gb) = (host(&a.x), host(&b.x));
+    let max = gb.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (x, y) in ga.iter().zip(&gb) {
+        assert!((x - y).abs() <= 1e-5 * max, "{x} vs {y}");
+    }
+    assert_eq!(a.score_evals, 100);
+}
