@@ -51,7 +51,6 @@ fn bench_ddpmpp(c: &mut Criterion) {
         },
     )
     .unwrap();
-    let mut trainer = Trainer::new(&net, &vm, loss, train_config(0.9999)).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     // Data in [-1, 1] (centered), as the reference's scaled CIFAR-10 batch.
     let batch: Tensor = rng
@@ -59,6 +58,14 @@ fn bench_ddpmpp(c: &mut Criterion) {
         .unwrap()
         .affine(2.0, -1.0)
         .unwrap();
+    if let Some(n) = std::env::var("SDE_TRAIN_BENCH_BREAKDOWN")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        breakdown(&net, &vm, &loss, &batch, n);
+        return;
+    }
+    let mut trainer = Trainer::new(&net, &vm, loss, train_config(0.9999)).unwrap();
     let mut g = c.benchmark_group("train");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
@@ -67,6 +74,45 @@ fn bench_ddpmpp(c: &mut Criterion) {
         b.iter(|| trainer.train_step(&batch).unwrap().loss)
     });
     g.finish();
+}
+
+/// `SDE_TRAIN_BENCH_BREAKDOWN=n`: times the phases of `n` steps by hand (median per phase) and
+/// skips the criterion run of DDPM++ (one criterion run needs ~10 steps of several seconds).
+fn breakdown(
+    net: &NcsnPp,
+    vm: &candle_nn::VarMap,
+    loss: &SdeLoss<&VpSde>,
+    batch: &Tensor,
+    n: usize,
+) {
+    use sde_train::{Adam, Ema, TrainingLoss};
+    use std::time::Instant;
+    let mut adam = Adam::new(vm, AdamConfig::default()).unwrap();
+    let mut ema = Ema::new(vm, 0.9999).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut phases: Vec<[f64; 5]> = Vec::new();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let l = loss.loss(net, batch, true, &mut rng).unwrap();
+        let _ = l.to_scalar::<f32>().unwrap();
+        let t1 = Instant::now();
+        let grads = l.backward().unwrap();
+        let t2 = Instant::now();
+        let g = adam.collect_grads(&grads).unwrap();
+        drop(grads);
+        adam.step(&g).unwrap();
+        let t3 = Instant::now();
+        ema.update().unwrap();
+        let t4 = Instant::now();
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        phases.push([ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t0, t4)]);
+    }
+    let names = ["forward+loss", "backward", "clip+adam", "ema", "total"];
+    for (i, name) in names.iter().enumerate() {
+        let mut v: Vec<f64> = phases.iter().map(|p| p[i]).collect();
+        v.sort_by(f64::total_cmp);
+        println!("ddpmpp b8 {name}: median {:.0} ms (min {:.0}, n {n})", v[v.len() / 2], v[0]);
+    }
 }
 
 fn bench_mlp(c: &mut Criterion) {

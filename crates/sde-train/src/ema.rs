@@ -1,6 +1,6 @@
 //! Exponential moving average of the weights (`models/ema.ExponentialMovingAverage`).
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::error::{check_param, Error, Result};
@@ -96,7 +96,18 @@ impl Ema {
         }
         for ((_, var), (_, s)) in self.vars.iter().zip(self.shadow.iter_mut()) {
             let theta = var.as_tensor().detach();
-            *s = (&*s - ((&*s - theta)? * (1.0 - d))?)?;
+            if theta.device().is_cpu() && theta.dtype() == DType::F32 && s.dtype() == DType::F32 {
+                // One fused host loop (CPU f32): θ̄ ← θ̄ − (1 − d)(θ̄ − θ).
+                let th = theta.flatten_all()?.to_vec1::<f32>()?;
+                let mut sh = s.flatten_all()?.to_vec1::<f32>()?;
+                let k = (1.0 - d) as f32;
+                for (a, b) in sh.iter_mut().zip(&th) {
+                    *a -= k * (*a - *b);
+                }
+                *s = Tensor::from_vec(sh, theta.shape(), &Device::Cpu)?;
+            } else {
+                *s = (&*s - ((&*s - theta)? * (1.0 - d))?)?;
+            }
         }
         Ok(())
     }

@@ -129,3 +129,56 @@ fn ema_follows_the_formula() {
     let vm = var_map(&[0.0]);
     assert!(Ema::new(&vm, 1.5).is_err());
 }
+
+/// The generic tensor-op path (non-f32 or non-CPU variables) against the same hand computation,
+/// in f64, and the EMA formula there.
+#[test]
+fn adam_and_ema_tensor_path_f64() {
+    let vm = VarMap::new();
+    vm.get(2, "w", Init::Const(0.0), DType::F64, &Device::Cpu)
+        .unwrap();
+    let var = named_vars(&vm)[0].1.clone();
+    var.set(&Tensor::new(&[1.0f64, -2.0], &Device::Cpu).unwrap())
+        .unwrap();
+    let cfg = AdamConfig {
+        lr: 0.1,
+        warmup: 0,
+        grad_clip: Some(1.0),
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let mut adam = Adam::new(&vm, cfg).unwrap();
+    let mut ema = Ema::new(&vm, 0.999).unwrap();
+    let (mut th, mut m, mut v, mut sh) = ([1.0f64, -2.0], [0.0f64; 2], [0.0f64; 2], [1.0f64, -2.0]);
+    for (k, g) in [[0.5f64, -1.0], [0.25, 2.0], [-0.1, 0.3]]
+        .iter()
+        .enumerate()
+    {
+        adam.step(&[Tensor::new(g, &Device::Cpu).unwrap()]).unwrap();
+        ema.update().unwrap();
+        let norm = (g[0] * g[0] + g[1] * g[1]).sqrt();
+        let clip = (1.0 / (norm + 1e-6)).min(1.0);
+        let kk = (k + 1) as i32;
+        let d = 0.999f64.min((2.0 + k as f64) / (11.0 + k as f64));
+        for i in 0..2 {
+            let gi = g[i] * clip + 0.01 * th[i];
+            m[i] = 0.9 * m[i] + 0.1 * gi;
+            v[i] = 0.999 * v[i] + 0.001 * gi * gi;
+            th[i] -= 0.1 / (1.0 - 0.9f64.powi(kk)) * m[i]
+                / (v[i].sqrt() / (1.0 - 0.999f64.powi(kk)).sqrt() + 1e-8);
+            sh[i] -= (1.0 - d) * (sh[i] - th[i]);
+        }
+        let got = var.as_tensor().to_vec1::<f64>().unwrap();
+        let got_ema = ema.shadow()[0].1.to_vec1::<f64>().unwrap();
+        for i in 0..2 {
+            assert!(
+                (got[i] - th[i]).abs() < 1e-12,
+                "step {k}: {got:?} vs {th:?}"
+            );
+            assert!(
+                (got_ema[i] - sh[i]).abs() < 1e-12,
+                "ema {k}: {got_ema:?} vs {sh:?}"
+            );
+        }
+    }
+}
