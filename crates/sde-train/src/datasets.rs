@@ -232,6 +232,8 @@ pub fn load_image_folder(dir: impl AsRef<Path>, size: usize) -> Result<Tensor> {
 /// Writes images `x: [B, C, H, W]` (C = 1 or 3, values in [0, 1], clamped) as one PNG grid
 /// with `nrow` images per row and 2 pixels of black padding (`torchvision.utils.make_grid`
 /// + `save_image`, as the reference's sampling snapshots).
+#[doc(alias = "save_image")]
+#[doc(alias = "make_grid")]
 pub fn image_grid(x: &Tensor, nrow: usize, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let (b, c, h, w) = x.dims4()?;

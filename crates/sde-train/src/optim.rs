@@ -111,6 +111,8 @@ pub struct StepStats {
 /// θ ← θ − (η_k / (1 − β₁^k)) · m / (√v / √(1 − β₂^k) + ε).
 ///
 /// Moments are kept per variable, in [`named_vars`] order.
+#[doc(alias = "optimization_manager")]
+#[doc(alias = "get_optimizer")]
 #[derive(Debug)]
 pub struct Adam {
     config: AdamConfig,

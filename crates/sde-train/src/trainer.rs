@@ -25,6 +25,7 @@ use crate::parallel::GradientReducer;
 /// Defaults: 1000 steps, log every 50, no eval, no checkpoints, EMA decay 0.999, the reference
 /// Adam settings ([`AdamConfig`]), seed 0, progress bar on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[doc(alias = "config.training")]
 pub struct TrainConfig {
     /// Total optimisation steps (`n_iters`).
     pub n_iters: u64,
@@ -297,6 +298,7 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
 
     /// One step on `batch`: loss (train mode), backward, all-reduce, Adam, EMA
     /// (`step_fn(state, batch)` with `train = True`).
+    #[doc(alias = "step_fn")]
     pub fn train_step(&mut self, batch: &Tensor) -> Result<StepRecord> {
         let loss_t = self.loss.loss(self.model, batch, true, &mut self.rng)?;
         let loss = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;

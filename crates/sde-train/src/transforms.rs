@@ -8,6 +8,7 @@ use sde_core::noise::NoiseSource;
 use crate::error::{Error, Result};
 
 /// The data scaler (`datasets.get_data_scaler`): x ∈ [0, 1] ↦ 2x − 1 when `centered`, else x.
+#[doc(alias = "get_data_scaler")]
 pub fn scaler(x: &Tensor, centered: bool) -> Result<Tensor> {
     Ok(if centered {
         x.affine(2.0, -1.0)?
@@ -18,6 +19,7 @@ pub fn scaler(x: &Tensor, centered: bool) -> Result<Tensor> {
 
 /// The inverse scaler (`datasets.get_data_inverse_scaler`): x ↦ (x + 1)/2 when `centered`,
 /// else x.
+#[doc(alias = "get_data_inverse_scaler")]
 pub fn inverse_scaler(x: &Tensor, centered: bool) -> Result<Tensor> {
     Ok(if centered {
         x.affine(0.5, 0.5)?
