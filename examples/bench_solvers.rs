@@ -330,7 +330,7 @@ pub mod toy {
         }
     }
 
-    /// A seeded CPU noise source that fills blocks of 8192 draws in parallel: block j of draw
+    /// A seeded CPU noise source that fills blocks of 2048 draws in parallel: block j of draw
     /// n comes from xoshiro256++ seeded by (seed, n, j), so results do not depend on the
     /// number of threads. Normal draws use rand_distr's ziggurat (through sde-core).
     pub struct BlockNoise {
@@ -351,7 +351,7 @@ pub mod toy {
             dtype: DType,
             normal: bool,
         ) -> sde_core::Result<Tensor> {
-            const BLOCK: usize = 8192;
+            const BLOCK: usize = 2048;
             let n = shape.elem_count();
             let mut out = vec![0f32; n];
             let key = self
