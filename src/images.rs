@@ -79,7 +79,9 @@ fn device() -> AnyResult<Device> {
 fn preset(family: Family, a: &ImageArgs) -> AnyResult<NcsnPpConfig> {
     if let Some(p) = &a.config {
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p)?)?;
-        return Ok(NcsnPpConfig::from_reference_json(&v)?);
+        // a bare ml_collections dump, or one wrapped as `{"config": ...}` (as the test vectors)
+        let cfg = v.get("config").unwrap_or(&v);
+        return Ok(NcsnPpConfig::from_reference_json(cfg)?);
     }
     let subvp = a.sde.as_deref() == Some("subvp");
     Ok(match (family, a.deep, subvp) {

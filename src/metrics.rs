@@ -8,9 +8,12 @@ use sde_core::analytic::GaussianMixture;
 ///
 /// `x` and `y` hold points of dimension `dim`, flattened row-major.
 /// ```
-/// let a = [0.0, 0.0, 1.0, 0.0, 0.0, 1.0];
-/// let d = scoresde::metrics::energy_distance(&a, &a, 2);
-/// assert!(d.abs() < 0.5);
+/// use scoresde::metrics::energy_distance;
+/// let a = [0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+/// let far: Vec<f64> = a.iter().map(|v| v + 5.0).collect();
+/// // E‖X − Y‖ ≈ 7.1 dominates: the shifted set is far away; a set against itself is not
+/// assert!(energy_distance(&a, &far, 2) > 9.0);
+/// assert!(energy_distance(&a, &a, 2).abs() < 1.0);
 /// ```
 pub fn energy_distance(x: &[f64], y: &[f64], dim: usize) -> f64 {
     let n = x.len() / dim;

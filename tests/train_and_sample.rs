@@ -31,7 +31,7 @@ fn mlp_trained_on_eight_gaussians_samples_every_mode() {
         .iter()
         .sum::<f64>()
         / k as f64;
-    assert!(last < 0.6 * first, "loss did not drop: {first} -> {last}");
+    assert!(last < 0.8 * first, "loss did not drop: {first} -> {last}");
 
     let score = ScoreModelFn::new(&sde, &model, true);
     let pc = PcSampler::new(

@@ -267,8 +267,30 @@ impl GaussianMixture {
         Ok(x.dim(0)?)
     }
 
+    /// The per-time constants of p_t for coefficients (a, σ): a μ_k, 1/v_k with
+    /// v_k = a² s_k² + σ², and log w_k − ½ Σ_j log(2π v_kj). Computed once per distinct time, not
+    /// per point (samplers evaluate whole batches at one t).
+    fn time_constants(&self, a: f64, sigma: f64, c: &mut TimeConstants) {
+        let (k, d) = (self.weights.len(), self.dim);
+        c.key = Some((a, sigma));
+        c.amu.resize(k * d, 0.0);
+        c.inv_v.resize(k * d, 0.0);
+        c.log_norm.resize(k, 0.0);
+        let s2 = sigma * sigma;
+        for comp in 0..k {
+            let mut logdet = 0.0;
+            for j in 0..d {
+                let v = a * a * self.vars[comp][j] + s2;
+                c.amu[comp * d + j] = a * self.means[comp][j];
+                c.inv_v[comp * d + j] = 1.0 / v;
+                logdet += (2.0 * std::f64::consts::PI * v).ln();
+            }
+            c.log_norm[comp] = self.log_weights[comp] - 0.5 * logdet;
+        }
+    }
+
     /// Log density, score and (optionally) vᵀ∂s/∂x of one sample of p_t with coefficients
-    /// (a, σ), in f64. `out_score`/`out_vjp` have length D.
+    /// (a, σ), in f64. `out_score`/`out_vjp` have length D; `c` caches the per-time constants.
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     fn eval_one(
         &self,
@@ -278,62 +300,68 @@ impl GaussianMixture {
         v: Option<&[f64]>,
         out_score: &mut [f64],
         out_vjp: Option<&mut [f64]>,
-        scratch: &mut Vec<f64>,
+        c: &mut TimeConstants,
     ) -> f64 {
+        if c.key != Some((a, sigma)) {
+            self.time_constants(a, sigma, c);
+        }
         let k = self.weights.len();
         let d = self.dim;
-        let s2 = sigma * sigma;
-        // log-weights of each component
-        scratch.clear();
-        scratch.resize(k, 0.0);
-        for c in 0..k {
-            let (mu, var) = (&self.means[c], &self.vars[c]);
+        // log-weights of each component, then responsibilities r_k in `resp`
+        let resp = &mut c.resp;
+        resp.clear();
+        resp.resize(k, 0.0);
+        for comp in 0..k {
+            let (amu, iv) = (
+                &c.amu[comp * d..(comp + 1) * d],
+                &c.inv_v[comp * d..(comp + 1) * d],
+            );
             let mut q = 0.0;
-            let mut logdet = 0.0;
             for j in 0..d {
-                let vv = a * a * var[j] + s2;
-                let diff = x[j] - a * mu[j];
-                q += diff * diff / vv;
-                logdet += (2.0 * std::f64::consts::PI * vv).ln();
+                let diff = x[j] - amu[j];
+                q += diff * diff * iv[j];
             }
-            scratch[c] = self.log_weights[c] - 0.5 * (q + logdet);
+            resp[comp] = c.log_norm[comp] - 0.5 * q;
         }
-        let m = scratch.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let m = resp.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let mut z = 0.0;
-        for l in scratch.iter_mut() {
+        for l in resp.iter_mut() {
             *l = (*l - m).exp();
             z += *l;
         }
         let logp = m + z.ln();
-        for l in scratch.iter_mut() {
+        for l in resp.iter_mut() {
             *l /= z;
         }
         out_score.iter_mut().for_each(|s| *s = 0.0);
         // s̄ = Σ r_k s_k with s_k = −(x − a μ_k)/v_k
-        for c in 0..k {
-            let r = scratch[c];
-            let (mu, var) = (&self.means[c], &self.vars[c]);
+        for comp in 0..k {
+            let r = resp[comp];
+            let (amu, iv) = (
+                &c.amu[comp * d..(comp + 1) * d],
+                &c.inv_v[comp * d..(comp + 1) * d],
+            );
             for j in 0..d {
-                let vv = a * a * var[j] + s2;
-                out_score[j] -= r * (x[j] - a * mu[j]) / vv;
+                out_score[j] -= r * (x[j] - amu[j]) * iv[j];
             }
         }
         if let (Some(v), Some(out)) = (v, out_vjp) {
             // J v = Σ_k r_k (−v/v_k + s_k (s_k·v)) − s̄ (s̄·v)   (J is symmetric)
             out.iter_mut().for_each(|o| *o = 0.0);
             let sbar_v: f64 = out_score.iter().zip(v).map(|(s, v)| s * v).sum();
-            for c in 0..k {
-                let r = scratch[c];
-                let (mu, var) = (&self.means[c], &self.vars[c]);
+            for comp in 0..k {
+                let r = resp[comp];
+                let (amu, iv) = (
+                    &c.amu[comp * d..(comp + 1) * d],
+                    &c.inv_v[comp * d..(comp + 1) * d],
+                );
                 let mut skv = 0.0;
                 for j in 0..d {
-                    let vv = a * a * var[j] + s2;
-                    skv += -(x[j] - a * mu[j]) / vv * v[j];
+                    skv += -(x[j] - amu[j]) * iv[j] * v[j];
                 }
                 for j in 0..d {
-                    let vv = a * a * var[j] + s2;
-                    let sk = -(x[j] - a * mu[j]) / vv;
-                    out[j] += r * (-v[j] / vv + sk * skv);
+                    let sk = -(x[j] - amu[j]) * iv[j];
+                    out[j] += r * (-v[j] * iv[j] + sk * skv);
                 }
             }
             for j in 0..d {
@@ -348,7 +376,7 @@ impl GaussianMixture {
         let b = self.check_x(x)?;
         let xs = to_host_f64(x)?;
         let mut sc = vec![0.0; self.dim];
-        let mut scratch = Vec::new();
+        let mut scratch = TimeConstants::default();
         Ok((0..b)
             .map(|i| {
                 self.eval_one(
@@ -424,6 +452,16 @@ impl GaussianMixture {
             .to_dtype(dtype)?
             .to_device(device)?)
     }
+}
+
+/// Per-time constants of a mixture at one (a, σ), cached across the points of a batch.
+#[derive(Debug, Default)]
+struct TimeConstants {
+    key: Option<(f64, f64)>,
+    amu: Vec<f64>,
+    inv_v: Vec<f64>,
+    log_norm: Vec<f64>,
+    resp: Vec<f64>,
 }
 
 /// Exact score of Gaussian-mixture data under an SDE: for p_t = Σ_k w_k N(a μ_k, a² s_k² + σ²),
@@ -504,7 +542,7 @@ impl<S: Sde> GaussianMixtureScore<S> {
                     score: &mut [f64],
                     mut vjp: Option<&mut [f64]>,
                     logp: &mut [f64]| {
-            let mut scratch = Vec::new();
+            let mut scratch = TimeConstants::default();
             let base = range.start;
             for i in range {
                 let li = i - base;

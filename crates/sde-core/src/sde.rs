@@ -283,7 +283,23 @@ pub(crate) fn host_coeff(
     f: impl Fn(f64) -> f64,
 ) -> Result<Tensor> {
     let host = check_time(x, t, sde_t_end)?;
-    from_host_f64(host.into_iter().map(f).collect(), t.device(), t.dtype())
+    from_host_f64(memoized(&host, f), t.device(), t.dtype())
+}
+
+/// `f` over the times, evaluated once per run of equal times (samplers pass one t for the
+/// whole batch, so this is usually a single call).
+fn memoized<T: Copy>(t: &[f64], f: impl Fn(f64) -> T) -> Vec<T> {
+    let mut last: Option<(f64, T)> = None;
+    t.iter()
+        .map(|&ti| match last {
+            Some((tl, v)) if tl == ti => v,
+            _ => {
+                let v = f(ti);
+                last = Some((ti, v));
+                v
+            }
+        })
+        .collect()
 }
 
 /// Two coefficients at once (saves a host copy).
@@ -294,7 +310,7 @@ pub(crate) fn host_coeff2(
     f: impl Fn(f64) -> (f64, f64),
 ) -> Result<(Tensor, Tensor)> {
     let host = check_time(x, t, sde_t_end)?;
-    let (a, b): (Vec<f64>, Vec<f64>) = host.into_iter().map(f).unzip();
+    let (a, b): (Vec<f64>, Vec<f64>) = memoized(&host, f).into_iter().unzip();
     Ok((
         from_host_f64(a, t.device(), t.dtype())?,
         from_host_f64(b, t.device(), t.dtype())?,

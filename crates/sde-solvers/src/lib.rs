@@ -7,12 +7,12 @@
 #![warn(missing_docs)]
 
 pub mod controllable;
+pub mod corrector;
 mod error;
 pub mod likelihood;
 pub mod ode;
 pub mod ode_sampler;
 pub mod pc;
-pub mod corrector;
 pub mod predictor;
 
 pub use error::{Error, Result};
