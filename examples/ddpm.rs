@@ -21,7 +21,7 @@ use clap::Parser;
 use rand::SeedableRng;
 use score_nets::MlpConfig;
 use scoresde::images::{self, ImageArgs};
-use scoresde::toy::{self, host, AnyResult, ToyTraining};
+use scoresde::toy::{self, host, AnyResult, ToyArgs};
 use sde_core::{ScoreModelFn, Sde, SubVpSde, VpSde};
 use sde_solvers::corrector::NoCorrector;
 use sde_solvers::ode_sampler::{OdeSampler, OdeSamplerOptions};
@@ -34,39 +34,17 @@ use sde_train::{DdpmLoss, SdeLoss, SdeLossOptions, Toy2d};
     about = "DDPM through the VP SDE: train a noise-prediction model, sample with ancestral sampling and reverse diffusion"
 )]
 struct Args {
-    /// 2-D toy distribution: eight-gaussians, checkerboard, swiss-roll, two-moons, rings.
-    #[arg(long, default_value = "eight-gaussians")]
-    toy: String,
     /// `continuous` (VP/sub-VP DSM with t ~ U(ε, 1)) or `ddpm` (discrete ε-loss, VP only).
     #[arg(long, default_value = "continuous")]
     loss: String,
     /// Weight the continuous loss by g² (likelihood weighting).
     #[arg(long)]
     likelihood_weighting: bool,
-    /// Training steps.
-    #[arg(long, default_value_t = 6000)]
-    steps: u64,
-    /// Batch size.
-    #[arg(long, default_value_t = 512)]
-    batch: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f64,
-    /// Discretisation steps N of the samplers.
-    #[arg(long, default_value_t = 1000)]
-    n_steps: usize,
-    /// Samples to draw.
-    #[arg(long, default_value_t = 4000)]
-    n_samples: usize,
     /// Output directory.
     #[arg(long, default_value = "target/examples/ddpm")]
     out: PathBuf,
-    /// Seed of every random draw.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// CI-sized run (seconds).
-    #[arg(long)]
-    quick: bool,
+    #[command(flatten)]
+    run: ToyArgs,
     #[command(flatten)]
     images: ImageArgs,
 }
@@ -78,22 +56,29 @@ fn main() -> AnyResult<()> {
         toy::single_threaded_candle();
     }
     if a.images.dataset.is_some() || a.images.checkpoint.is_some() {
-        return images::run(&a.images, images::Family::Vp, &a.out, a.seed, a.quick);
+        return images::run(
+            &a.images,
+            images::Family::Vp,
+            &a.out,
+            a.run.seed,
+            a.run.quick,
+        );
     }
-    if a.quick {
-        a.steps = a.steps.min(300);
-        a.n_samples = a.n_samples.min(500);
-        a.n_steps = a.n_steps.min(100);
-    }
-    let toy_kind = toy::parse_toy(&a.toy)?;
+    a.run.apply_quick();
+    let toy_kind = toy::parse_toy(&a.run.toy)?;
     match a.images.sde.as_deref().unwrap_or("vp") {
         "vp" => run(
             &a,
             toy_kind,
-            &VpSde::new(0.1, 20.0, a.n_steps)?,
-            Some(&VpSde::new(0.1, 20.0, a.n_steps)?),
+            &VpSde::new(0.1, 20.0, a.run.n_steps)?,
+            Some(&VpSde::new(0.1, 20.0, a.run.n_steps)?),
         ),
-        "subvp" => run(&a, toy_kind, &SubVpSde::new(0.1, 20.0, a.n_steps)?, None),
+        "subvp" => run(
+            &a,
+            toy_kind,
+            &SubVpSde::new(0.1, 20.0, a.run.n_steps)?,
+            None,
+        ),
         other => Err(format!("unknown --sde `{other}` (vp, subvp)").into()),
     }
 }
@@ -101,14 +86,7 @@ fn main() -> AnyResult<()> {
 /// Trains, samples and evaluates under `sde`; `vp` is the same SDE as a `VpSde` when ancestral
 /// sampling and the discrete DDPM loss are available (not for sub-VP).
 fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyResult<()> {
-    let run = ToyTraining {
-        toy: toy_kind,
-        steps: a.steps,
-        batch: a.batch,
-        lr: a.lr,
-        seed: a.seed,
-        progress: !a.quick,
-    };
+    let run = a.run.training()?;
     let log = a.out.join("train_log.jsonl");
     let t0 = Instant::now();
     let continuous = a.loss != "ddpm";
@@ -116,7 +94,7 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
         "DDPM (VP-family SDE, N = {}) on {toy_kind:?}: training with the {} loss for {} steps",
         sde.n(),
         a.loss,
-        a.steps
+        a.run.steps
     );
     let (model, _vm, summary) = match (a.loss.as_str(), vp) {
         ("continuous", _) => {
@@ -148,16 +126,11 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
         (other, _) => return Err(format!("unknown --loss `{other}` (continuous, ddpm)").into()),
     };
     let train_s = t0.elapsed().as_secs_f64();
-    let k = (summary.losses.len() / 10).max(1);
-    let first = summary.losses[..k].iter().sum::<f64>() / k as f64;
-    let last = summary.losses[summary.losses.len() - k..]
-        .iter()
-        .sum::<f64>()
-        / k as f64;
+    let (first, last) = toy::loss_first_last(&summary);
     println!("  loss {first:.4} -> {last:.4} in {train_s:.1} s");
 
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    let shape = toy::points_shape(a.n_samples);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.run.seed);
+    let shape = toy::points_shape(a.run.n_samples);
     let score = ScoreModelFn::new(sde, &model, continuous);
     let mut results = Vec::new();
     // Ancestral sampling (DDPM), VP only.
@@ -204,7 +177,7 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
         &Device::Cpu,
         DType::F32,
         &mut rng,
-        toy::trajectory_recorder(32, (a.n_steps / 200).max(1), a.n_steps, &mut paths),
+        toy::trajectory_recorder(32, (a.run.n_steps / 200).max(1), a.run.n_steps, &mut paths),
     )?;
     // Probability-flow ODE (adaptive RK45).
     let t = Instant::now();
@@ -221,39 +194,22 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
         t.elapsed().as_secs_f64(),
     ));
 
-    let data = host(&toy::toy_points(toy_kind, a.n_samples, a.seed ^ 0xDA7A)?)?;
+    let data = host(&toy::toy_points(
+        toy_kind,
+        a.run.n_samples,
+        a.run.seed ^ 0xDA7A,
+    )?)?;
     let mut json_samplers = serde_json::Map::new();
     for (name, nfe, pts, secs) in &results {
-        let q = toy::quality(toy_kind, pts, a.seed)?;
-        let modes = q
-            .modes
-            .as_ref()
-            .map(|m| {
-                format!(
-                    ", modes {}/{}, max weight error {:.3}, off-mode {:.3}",
-                    m.modes_covered,
-                    m.weights.len(),
-                    m.max_weight_error,
-                    m.off_mode_fraction
-                )
-            })
-            .unwrap_or_default();
-        println!("  {name:<28} NFE {nfe:5}  energy distance {:.4} (data vs data {:.4}){modes}  [{secs:.1} s]", q.energy_distance, q.energy_distance_data_vs_data);
+        let q = toy::quality(toy_kind, pts, a.run.seed)?;
+        toy::print_quality(name, &q, *nfe, *secs);
         json_samplers.insert(
             name.to_string(),
             serde_json::json!({"nfe": nfe, "quality": q, "seconds": secs}),
         );
     }
-    let lik = toy::held_out_likelihood(
-        sde,
-        &score,
-        toy_kind,
-        if a.quick { 100 } else { 1000 },
-        a.seed,
-    )?;
-    println!("  held-out log-likelihood (probability-flow ODE, exact trace): {:.4} nats/point = {:.4} bits/dim{} [NFE {}]",
-        lik.mean_log_p, lik.bits_per_dim,
-        lik.true_mean_log_p.map(|t| format!(" (data's own: {t:.4} nats/point)")).unwrap_or_default(), lik.nfe);
+    let lik = toy::held_out_likelihood(sde, &score, toy_kind, a.run.n_likelihood(), a.run.seed)?;
+    toy::print_likelihood(&lik);
 
     let range = 4.5;
     let panels: Vec<&[f64]> = results.iter().map(|r| r.2.as_slice()).collect();
@@ -268,8 +224,8 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
     )?;
     toy::trajectories_png(&a.out.join("trajectories.png"), &paths, &data, range)?;
     let summary_json = serde_json::json!({
-        "example": "ddpm", "sde": if vp.is_some() { "VP" } else { "sub-VP" }, "N": a.n_steps, "toy": a.toy,
-        "training": {"loss": a.loss, "likelihood_weighting": a.likelihood_weighting, "steps": a.steps, "batch": a.batch, "lr": a.lr, "loss_first": first, "loss_last": last, "seconds": train_s},
+        "example": "ddpm", "sde": if vp.is_some() { "VP" } else { "sub-VP" }, "N": a.run.n_steps, "toy": a.run.toy,
+        "training": {"loss": a.loss, "likelihood_weighting": a.likelihood_weighting, "steps": a.run.steps, "batch": a.run.batch, "lr": a.run.lr, "loss_first": first, "loss_last": last, "seconds": train_s},
         "samplers": json_samplers, "held_out_likelihood": lik,
     });
     std::fs::write(

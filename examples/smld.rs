@@ -21,7 +21,7 @@ use clap::Parser;
 use rand::SeedableRng;
 use score_nets::MlpConfig;
 use scoresde::images::{self, ImageArgs};
-use scoresde::toy::{self, host, AnyResult, ToyTraining};
+use scoresde::toy::{self, host, AnyResult, ToyArgs};
 use sde_core::{ScoreModelFn, VeSde};
 use sde_solvers::corrector::{AnnealedLangevinDynamics, LangevinCorrector, NoCorrector};
 use sde_solvers::pc::PcSampler;
@@ -33,42 +33,20 @@ use sde_train::{SdeLoss, SdeLossOptions};
     about = "SMLD / NCSN through the VE SDE: train a score model, sample with annealed Langevin dynamics and the PC sampler"
 )]
 struct Args {
-    /// 2-D toy distribution (default run): eight-gaussians, checkerboard, swiss-roll, two-moons, rings.
-    #[arg(long, default_value = "eight-gaussians")]
-    toy: String,
-    /// Training steps.
-    #[arg(long, default_value_t = 6000)]
-    steps: u64,
-    /// Batch size.
-    #[arg(long, default_value_t = 512)]
-    batch: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f64,
     /// σ_max of the VE SDE (the paper's rule: about the largest distance between data points).
     #[arg(long, default_value_t = 8.0)]
     sigma_max: f64,
     /// σ_min of the VE SDE.
     #[arg(long, default_value_t = 0.01)]
     sigma_min: f64,
-    /// Discretisation steps N of the PC sampler (and noise levels of annealed Langevin / 5).
-    #[arg(long, default_value_t = 1000)]
-    n_steps: usize,
-    /// Samples to draw.
-    #[arg(long, default_value_t = 4000)]
-    n_samples: usize,
     /// Signal-to-noise ratio of the Langevin corrector.
     #[arg(long, default_value_t = 0.16)]
     snr: f64,
     /// Output directory.
     #[arg(long, default_value = "target/examples/smld")]
     out: PathBuf,
-    /// Seed of every random draw.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// CI-sized run (seconds): few steps and samples.
-    #[arg(long)]
-    quick: bool,
+    #[command(flatten)]
+    run: ToyArgs,
     #[command(flatten)]
     images: ImageArgs,
 }
@@ -80,26 +58,21 @@ fn main() -> AnyResult<()> {
         toy::single_threaded_candle();
     }
     if a.images.dataset.is_some() || a.images.checkpoint.is_some() {
-        return images::run(&a.images, images::Family::Ve, &a.out, a.seed, a.quick);
+        return images::run(
+            &a.images,
+            images::Family::Ve,
+            &a.out,
+            a.run.seed,
+            a.run.quick,
+        );
     }
-    if a.quick {
-        a.steps = a.steps.min(300);
-        a.n_samples = a.n_samples.min(500);
-        a.n_steps = a.n_steps.min(100);
-    }
-    let toy_kind = toy::parse_toy(&a.toy)?;
-    let sde = VeSde::new(a.sigma_min, a.sigma_max, a.n_steps)?;
-    let run = ToyTraining {
-        toy: toy_kind,
-        steps: a.steps,
-        batch: a.batch,
-        lr: a.lr,
-        seed: a.seed,
-        progress: !a.quick,
-    };
+    a.run.apply_quick();
+    let toy_kind = toy::parse_toy(&a.run.toy)?;
+    let sde = VeSde::new(a.sigma_min, a.sigma_max, a.run.n_steps)?;
+    let run = a.run.training()?;
     println!(
         "SMLD (VE SDE, sigma {} -> {}) on {:?}: training the MLP score network for {} steps",
-        a.sigma_min, a.sigma_max, toy_kind, a.steps
+        a.sigma_min, a.sigma_max, toy_kind, a.run.steps
     );
     let t0 = Instant::now();
     let loss = SdeLoss::new(
@@ -116,20 +89,15 @@ fn main() -> AnyResult<()> {
         Some(&a.out.join("train_log.jsonl")),
     )?;
     let train_s = t0.elapsed().as_secs_f64();
-    let k = (summary.losses.len() / 10).max(1);
-    let first = summary.losses[..k].iter().sum::<f64>() / k as f64;
-    let last = summary.losses[summary.losses.len() - k..]
-        .iter()
-        .sum::<f64>()
-        / k as f64;
+    let (first, last) = toy::loss_first_last(&summary);
     println!("  loss {first:.4} -> {last:.4} in {train_s:.1} s");
 
     let score = ScoreModelFn::new(&sde, &model, true);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    let shape = toy::points_shape(a.n_samples);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.run.seed);
+    let shape = toy::points_shape(a.run.n_samples);
 
     // Annealed Langevin dynamics (NCSN): N/5 noise levels, 5 Langevin steps each.
-    let ald_sde = VeSde::new(a.sigma_min, a.sigma_max, (a.n_steps / 5).max(2))?;
+    let ald_sde = VeSde::new(a.sigma_min, a.sigma_max, (a.run.n_steps / 5).max(2))?;
     let ald = PcSampler::new(NoPredictor, AnnealedLangevinDynamics::new(a.snr, 5)?);
     let t1 = Instant::now();
     let ald_out = ald.sample(
@@ -166,24 +134,22 @@ fn main() -> AnyResult<()> {
         &Device::Cpu,
         DType::F32,
         &mut rng,
-        toy::trajectory_recorder(32, (a.n_steps / 200).max(1), a.n_steps, &mut paths),
+        toy::trajectory_recorder(32, (a.run.n_steps / 200).max(1), a.run.n_steps, &mut paths),
     )?;
     // Reverse diffusion alone (no corrector), for comparison.
     let rd = PcSampler::new(ReverseDiffusionPredictor::new(false), NoCorrector);
     let rd_out = rd.sample(&sde, &score, shape, &Device::Cpu, DType::F32, &mut rng)?;
 
-    let data = host(&toy::toy_points(toy_kind, a.n_samples, a.seed ^ 0xDA7A)?)?;
-    let (ald_pts, pc_pts, rd_pts) = (host(&ald_out.x)?, host(&pc_out.x)?, host(&rd_out.x)?);
-    let q_ald = toy::quality(toy_kind, &ald_pts, a.seed)?;
-    let q_pc = toy::quality(toy_kind, &pc_pts, a.seed)?;
-    let q_rd = toy::quality(toy_kind, &rd_pts, a.seed)?;
-    let lik = toy::held_out_likelihood(
-        &sde,
-        &score,
+    let data = host(&toy::toy_points(
         toy_kind,
-        if a.quick { 100 } else { 1000 },
-        a.seed,
-    )?;
+        a.run.n_samples,
+        a.run.seed ^ 0xDA7A,
+    )?)?;
+    let (ald_pts, pc_pts, rd_pts) = (host(&ald_out.x)?, host(&pc_out.x)?, host(&rd_out.x)?);
+    let q_ald = toy::quality(toy_kind, &ald_pts, a.run.seed)?;
+    let q_pc = toy::quality(toy_kind, &pc_pts, a.run.seed)?;
+    let q_rd = toy::quality(toy_kind, &rd_pts, a.run.seed)?;
+    let lik = toy::held_out_likelihood(&sde, &score, toy_kind, a.run.n_likelihood(), a.run.seed)?;
 
     let range = 4.5;
     toy::samples_png(
@@ -206,31 +172,13 @@ fn main() -> AnyResult<()> {
     )?;
     toy::trajectories_png(&a.out.join("trajectories.png"), &paths, &data, range)?;
 
-    let line = |name: &str, q: &toy::Quality, nfe: usize, secs: f64| {
-        let modes = q
-            .modes
-            .as_ref()
-            .map(|m| {
-                format!(
-                    ", modes {}/{}, max weight error {:.3}, off-mode {:.3}",
-                    m.modes_covered,
-                    m.weights.len(),
-                    m.max_weight_error,
-                    m.off_mode_fraction
-                )
-            })
-            .unwrap_or_default();
-        println!("  {name:<28} NFE {nfe:5}  energy distance {:.4} (data vs data {:.4}){modes}  [{secs:.1} s]", q.energy_distance, q.energy_distance_data_vs_data);
-    };
-    line("annealed Langevin (NCSN)", &q_ald, ald_out.nfe, ald_s);
-    line("PC: reverse diffusion+Langevin", &q_pc, pc_out.nfe, pc_s);
-    line("reverse diffusion only", &q_rd, rd_out.nfe, 0.0);
-    println!("  held-out log-likelihood (probability-flow ODE, exact trace): {:.4} nats/point = {:.4} bits/dim{} [NFE {}]",
-        lik.mean_log_p, lik.bits_per_dim,
-        lik.true_mean_log_p.map(|t| format!(" (data's own: {t:.4} nats/point)")).unwrap_or_default(), lik.nfe);
+    toy::print_quality("annealed Langevin (NCSN)", &q_ald, ald_out.nfe, ald_s);
+    toy::print_quality("PC: reverse diffusion+Langevin", &q_pc, pc_out.nfe, pc_s);
+    toy::print_quality("reverse diffusion only", &q_rd, rd_out.nfe, 0.0);
+    toy::print_likelihood(&lik);
     let summary_json = serde_json::json!({
-        "example": "smld", "sde": {"kind": "VE", "sigma_min": a.sigma_min, "sigma_max": a.sigma_max, "N": a.n_steps},
-        "toy": a.toy, "training": {"steps": a.steps, "batch": a.batch, "lr": a.lr, "loss_first": first, "loss_last": last, "seconds": train_s},
+        "example": "smld", "sde": {"kind": "VE", "sigma_min": a.sigma_min, "sigma_max": a.sigma_max, "N": a.run.n_steps},
+        "toy": a.run.toy, "training": {"steps": a.run.steps, "batch": a.run.batch, "lr": a.run.lr, "loss_first": first, "loss_last": last, "seconds": train_s},
         "annealed_langevin": {"nfe": ald_out.nfe, "quality": q_ald, "seconds": ald_s},
         "pc_reverse_diffusion_langevin": {"nfe": pc_out.nfe, "quality": q_pc, "seconds": pc_s},
         "reverse_diffusion": {"nfe": rd_out.nfe, "quality": q_rd},

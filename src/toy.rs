@@ -244,9 +244,27 @@ pub fn score_field_png<S: Sde, F: ScoreFn>(
 /// 2-D data every tensor op is tiny and synchronising worker threads costs more than it saves
 /// (much more on a loaded machine, where candle's spinning barrier waits for descheduled
 /// workers). Call it first thing in `main`, before any tensor op.
+///
+/// On glibc it also keeps freed memory in the process (no trimming, no per-allocation `mmap`):
+/// candle allocates a fresh buffer for every op, and returning each one to the kernel made page
+/// faults cost as much as the arithmetic.
 pub fn single_threaded_candle() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only adjusts glibc allocator tunables; called before other threads
+        // allocate.
+        unsafe {
+            mallopt(M_TRIM_THRESHOLD, 512 << 20);
+            mallopt(M_MMAP_THRESHOLD, 256 << 20);
+        }
     }
 }
 
@@ -314,4 +332,111 @@ pub fn parse_toy(s: &str) -> AnyResult<Toy2d> {
             .into())
         }
     })
+}
+
+/// Command-line options the 2-D runs of the `smld` and `ddpm` examples share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ToyArgs {
+    /// 2-D toy distribution: eight-gaussians, checkerboard, swiss-roll, two-moons, rings.
+    #[arg(long, default_value = "eight-gaussians")]
+    pub toy: String,
+    /// Training steps.
+    #[arg(long, default_value_t = 6000)]
+    pub steps: u64,
+    /// Batch size.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+    /// Peak learning rate (Adam with linear warm-up).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Discretisation steps N of the samplers.
+    #[arg(long, default_value_t = 1000)]
+    pub n_steps: usize,
+    /// Samples to draw.
+    #[arg(long, default_value_t = 3000)]
+    pub n_samples: usize,
+    /// Seed of every random draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// CI-sized run (seconds): few steps and samples.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+impl ToyArgs {
+    /// Caps the sizes for `--quick`.
+    pub fn apply_quick(&mut self) {
+        if self.quick {
+            self.steps = self.steps.min(300);
+            self.n_samples = self.n_samples.min(500);
+            self.n_steps = self.n_steps.min(100);
+        }
+    }
+
+    /// The training settings these options describe.
+    pub fn training(&self) -> AnyResult<ToyTraining> {
+        Ok(ToyTraining {
+            toy: parse_toy(&self.toy)?,
+            steps: self.steps,
+            batch: self.batch,
+            lr: self.lr,
+            seed: self.seed,
+            progress: !self.quick,
+        })
+    }
+
+    /// Held-out points for the likelihood (fewer with `--quick`).
+    pub fn n_likelihood(&self) -> usize {
+        if self.quick {
+            100
+        } else {
+            300
+        }
+    }
+}
+
+/// Mean training loss over the first and the last tenth of the run.
+pub fn loss_first_last(summary: &TrainSummary) -> (f64, f64) {
+    let l = &summary.losses;
+    if l.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let k = (l.len() / 10).max(1);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    (mean(&l[..k]), mean(&l[l.len() - k..]))
+}
+
+/// Prints one sampler's line: NFE, energy distance against the data-vs-data floor, mode
+/// coverage, seconds.
+pub fn print_quality(name: &str, q: &Quality, nfe: usize, secs: f64) {
+    let modes = q
+        .modes
+        .as_ref()
+        .map(|m| {
+            format!(
+                ", modes {}/{}, max weight error {:.3}, off-mode {:.3}",
+                m.modes_covered,
+                m.weights.len(),
+                m.max_weight_error,
+                m.off_mode_fraction
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "  {name:<30} NFE {nfe:5}  energy distance {:.4} (data vs data {:.4}){modes}  [{secs:.1} s]",
+        q.energy_distance, q.energy_distance_data_vs_data
+    );
+}
+
+/// Prints the held-out likelihood line.
+pub fn print_likelihood(lik: &HeldOutLikelihood) {
+    println!(
+        "  held-out log-likelihood (probability-flow ODE, exact trace): {:.4} nats/point = {:.4} bits/dim{} [NFE {}]",
+        lik.mean_log_p,
+        lik.bits_per_dim,
+        lik.true_mean_log_p
+            .map(|t| format!(" (data's own: {t:.4} nats/point)"))
+            .unwrap_or_default(),
+        lik.nfe
+    );
 }
