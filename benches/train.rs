@@ -111,7 +111,11 @@ fn breakdown(
     for (i, name) in names.iter().enumerate() {
         let mut v: Vec<f64> = phases.iter().map(|p| p[i]).collect();
         v.sort_by(f64::total_cmp);
-        println!("ddpmpp b8 {name}: median {:.0} ms (min {:.0}, n {n})", v[v.len() / 2], v[0]);
+        println!(
+            "ddpmpp b8 {name}: median {:.0} ms (min {:.0}, n {n})",
+            v[v.len() / 2],
+            v[0]
+        );
     }
 }
 
