@@ -330,7 +330,10 @@ impl NcsnPpConfig {
             ));
         }
         let levels = self.ch_mult.len();
-        if levels > 16 || self.image_size == 0 || self.image_size % (1usize << (levels - 1)) != 0 {
+        if levels > 16
+            || self.image_size == 0
+            || !self.image_size.is_multiple_of(1usize << (levels - 1))
+        {
             return bad(format!(
                 "image_size {} must be divisible by 2^(len(ch_mult) - 1) = 2^{}",
                 self.image_size,
@@ -391,7 +394,7 @@ impl NcsnPpConfig {
         // GroupNorm(min(C/4, 32)) must divide every channel count the network normalises.
         for c in self.group_norm_channels() {
             let g = (c / 4).min(32);
-            if g == 0 || c % g != 0 {
+            if g == 0 || !c.is_multiple_of(g) {
                 return bad(format!(
                     "a GroupNorm over {c} channels: min(C/4, 32) groups must divide C (adjust nf / ch_mult)"
                 ));

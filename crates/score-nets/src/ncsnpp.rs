@@ -129,6 +129,8 @@ impl NcsnPp {
     /// Builds the network, creating or loading every parameter under `vb` (use
     /// [`crate::init::seeded_var_builder`] for a reproducible from-scratch init, or
     /// `VarBuilder::from_tensors` / a checkpoint loader for trained weights).
+    // The loops mirror `models/ncsnpp.py` index for index.
+    #[allow(clippy::needless_range_loop)]
     pub fn new(config: NcsnPpConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let c = &config;
@@ -505,6 +507,7 @@ impl NcsnPp {
         Ok(Tensor::from_vec(s, (b, 1, 1, 1), labels.device())?.to_dtype(dtype)?)
     }
 
+    #[allow(clippy::needless_range_loop)]
     fn forward_impl(
         &self,
         x: &Tensor,

@@ -95,8 +95,12 @@ fn presets_validate_and_match_the_paper() {
 
 #[test]
 fn small_presets_have_the_parity_configs_parameter_counts() {
-    // net_ncsnpp_ve.json: num_parameters = 320793 (trainable + W); the sigmas buffer is not a parameter
-    for (cfg, want) in [(NcsnPpConfig::small_ncsnpp_ve(), 320_793usize)] {
+    // `num_parameters` of net_ncsnpp_ve.json / net_ddpmpp_vp.json (trainable + W); the sigmas
+    // buffer is not a parameter
+    for (cfg, want) in [
+        (NcsnPpConfig::small_ncsnpp_ve(), 320_793usize),
+        (NcsnPpConfig::small_ddpmpp_vp(), 317699),
+    ] {
         let (_net, vm) = build(cfg, 0);
         let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
         assert_eq!(n, want);

@@ -40,7 +40,7 @@ impl Activation {
 /// Parameters `weight` (init 1) and `bias` (init 0) of shape `[C]`.
 pub fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
     let groups = (channels / 4).min(32);
-    if groups == 0 || channels % groups != 0 {
+    if groups == 0 || !channels.is_multiple_of(groups) {
         return Err(Error::Config(format!(
             "GroupNorm with min(C/4, 32) groups needs C >= 4 divisible by the group count, got C = {channels}"
         )));
