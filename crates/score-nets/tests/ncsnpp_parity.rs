@@ -95,6 +95,11 @@ fn ncsnpp_ve_matches_reference() {
 #[test]
 fn ddpmpp_vp_matches_reference() {
     check("net_ddpmpp_vp", 2e-5);
+    // the sinusoidal embedding of the labels the network received
+    let Case { io, .. } = load("net_ddpmpp_vp");
+    let e = score_nets::layers::get_timestep_embedding(&io["labels"], 16).unwrap();
+    let err = max_abs(&(&e - &io["temb_input"]).unwrap());
+    assert!(err <= 1e-5, "temb_input: {err:e}");
 }
 
 /// Through `sde_core::ScoreModelFn` (`get_score_fn`): labels from `t` and output scaling per SDE.
