@@ -158,3 +158,22 @@ fn default_init_is_fan_avg_uniform() {
     let var = v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64;
     assert!((var / (1.0 / 90.0) - 1.0).abs() < 0.15, "variance {var}");
 }
+
+#[test]
+fn fourier_w_is_not_trained() {
+    // The reference freezes W (requires_grad = False): a loss through the projection must give
+    // no gradient to it, even when it lives in a VarMap.
+    use candle_core::{DType, Device, Tensor};
+    let vm = candle_nn::VarMap::new();
+    let vb = score_nets::init::seeded_var_builder(&vm, 3, DType::F32, &Device::Cpu);
+    let proj = score_nets::layers::GaussianFourierProjection::new(4, 16.0, vb.pp("fp")).unwrap();
+    let x = Tensor::new(&[0.3f32, -1.2], &Device::Cpu).unwrap();
+    let loss = proj.forward(&x).unwrap().sqr().unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = vm.all_vars();
+    assert_eq!(vars.len(), 1, "W is still a saved variable");
+    assert!(
+        grads.get(vars[0].as_tensor()).is_none(),
+        "W received a gradient"
+    );
+}

@@ -76,18 +76,22 @@ pub struct GaussianFourierProjection {
 
 impl GaussianFourierProjection {
     /// Creates or loads `W` (`vb.pp(..).get("W")`); a fresh `W` is drawn as `scale * N(0, 1)`.
+    /// `W` is saved and loaded with the other weights but detached from autograd, so training
+    /// never changes it (the reference sets `requires_grad = False`).
     pub fn new(embedding_size: usize, scale: f64, vb: VarBuilder) -> Result<Self> {
         if embedding_size == 0 {
             return Err(Error::Config("Fourier embedding size must be > 0".into()));
         }
-        let w = vb.get_with_hints(
-            embedding_size,
-            "W",
-            Init::Randn {
-                mean: 0.0,
-                stdev: scale,
-            },
-        )?;
+        let w = vb
+            .get_with_hints(
+                embedding_size,
+                "W",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: scale,
+                },
+            )?
+            .detach();
         Ok(Self { w })
     }
 
