@@ -65,8 +65,8 @@ impl Canvas {
             return;
         }
         let p = self.img.get_pixel_mut(x as u32, y as u32);
-        for k in 0..3 {
-            p.0[k] = (p.0[k] as f64 * (1.0 - alpha) + c[k] as f64 * alpha).round() as u8;
+        for (ch, &target) in p.0.iter_mut().zip(&c) {
+            *ch = (*ch as f64 * (1.0 - alpha) + target as f64 * alpha).round() as u8;
         }
     }
 
