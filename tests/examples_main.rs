@@ -34,7 +34,10 @@ fn run(name: &str, extra: &[&str]) -> serde_json::Value {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json"))
             .expect("valid JSON");
-    assert!(out.join("samples.png").exists(), "{name} did not write samples.png");
+    assert!(
+        out.join("samples.png").exists(),
+        "{name} did not write samples.png"
+    );
     summary
 }
 
