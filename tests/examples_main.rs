@@ -98,3 +98,45 @@ fn smld_samples_the_reference_checkpoint() {
     assert!(status.success());
     assert!(out.join("samples.png").exists());
 }
+
+#[test]
+fn smld_trains_ncsnpp_on_an_image_folder() {
+    // The image path end to end on a tiny folder and the small NCSN++ config of the test vectors:
+    // load + resize + center crop, train two steps, write a checkpoint, then sample it.
+    let dir = std::env::temp_dir().join(format!("scoresde-test-folder-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..4u32 {
+        let img = image::RgbImage::from_fn(20, 24, |x, y| {
+            image::Rgb([(x * 12) as u8, (y * 10) as u8, (i * 60) as u8])
+        });
+        img.save(dir.join(format!("img{i}.png"))).unwrap();
+    }
+    let cfg = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testvectors/net_ncsnpp_ve.json"
+    );
+    let out = dir.join("out");
+    let status = Command::new(example("smld"))
+        .args(["--quick", "--dataset", "folder", "--data-dir"])
+        .arg(&dir)
+        .arg("--config")
+        .arg(cfg)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("example runs");
+    assert!(status.success());
+    let ckpt = out.join("checkpoints").join("checkpoint_2.safetensors");
+    assert!(ckpt.exists(), "no checkpoint written");
+    let status = Command::new(example("smld"))
+        .args(["--quick", "--checkpoint"])
+        .arg(&ckpt)
+        .arg("--config")
+        .arg(cfg)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("example runs");
+    assert!(status.success());
+    assert!(out.join("samples.png").exists());
+}
