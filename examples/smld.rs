@@ -54,17 +54,8 @@ struct Args {
 fn main() -> AnyResult<()> {
     let mut a = Args::parse();
     std::fs::create_dir_all(&a.out)?;
-    if a.images.dataset.is_none() && a.images.checkpoint.is_none() {
-        toy::single_threaded_candle();
-    }
-    if a.images.dataset.is_some() || a.images.checkpoint.is_some() {
-        return images::run(
-            &a.images,
-            images::Family::Ve,
-            &a.out,
-            a.run.seed,
-            a.run.quick,
-        );
+    if let Some(done) = images::run_if_requested(&a.images, images::Family::Ve, &a.out, &a.run) {
+        return done;
     }
     a.run.apply_quick();
     let toy_kind = toy::parse_toy(&a.run.toy)?;

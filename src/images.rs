@@ -94,6 +94,23 @@ fn preset(family: Family, a: &ImageArgs) -> AnyResult<NcsnPpConfig> {
     })
 }
 
+/// The examples' entry: runs the image path when `--dataset` or `--checkpoint` was given and
+/// returns its result; otherwise prepares the process for the 2-D run
+/// ([`crate::toy::single_threaded_candle`]) and returns `None`.
+pub fn run_if_requested(
+    a: &ImageArgs,
+    family: Family,
+    out: &Path,
+    run_args: &crate::toy::ToyArgs,
+) -> Option<AnyResult<()>> {
+    if a.dataset.is_some() || a.checkpoint.is_some() {
+        Some(run(a, family, out, run_args.seed, run_args.quick))
+    } else {
+        crate::toy::single_threaded_candle();
+        None
+    }
+}
+
 /// Runs the image path: sampling a checkpoint when `--checkpoint` is given, else training on
 /// `--dataset`.
 pub fn run(a: &ImageArgs, family: Family, out: &Path, seed: u64, quick: bool) -> AnyResult<()> {
