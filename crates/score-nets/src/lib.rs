@@ -48,3 +48,8 @@ pub use ddpm::*;
 pub use error::{Error, Result};
 pub use mlp::*;
 pub use ncsnpp::*;
+
+/// The crate README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -16,3 +16,8 @@ pub mod pc;
 pub mod predictor;
 
 pub use error::{Error, Result};
+
+/// The crate README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
