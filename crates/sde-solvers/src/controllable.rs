@@ -9,15 +9,13 @@
 //! - [`GuidedScore`]: s(x, t) + w ∇ₓ log p_t(y | x) from any [`ClassifierGrad`]
 //!   (`get_pc_conditional_sampler`), usable with every sampler of this crate.
 
-use std::cell::Cell;
-
 use candle_core::{DType, Tensor, Var, D};
 use sde_core::noise::{randn_like, NoiseSource};
 use sde_core::{mul_batch, ScoreFn, Sde};
 
 use crate::corrector::Corrector;
 use crate::error::{Error, Result};
-use crate::pc::{check_finite, time_grid, time_vec, PcOutput, PcSampler};
+use crate::pc::{PcOutput, PcSampler};
 use crate::predictor::{Predictor, Update};
 
 /// The reference's decoupling matrix M (columns (1,1,1)/√3, (−2,1,1)/√6, (0,1,−1)/√2), exact in
@@ -54,51 +52,6 @@ fn couple(x: &Tensor) -> Result<Tensor> {
 }
 
 impl<P, C> PcSampler<P, C> {
-    /// Runs the sampler from `x_init`, applying `project(x, x̄, t, noise) → (x, x̄)` after every
-    /// corrector and every predictor update (the reference's `get_inpaint_update_fn` pattern).
-    fn run_projected<S, F, N>(
-        &self,
-        sde: &S,
-        score: &F,
-        x_init: &Tensor,
-        noise: &mut N,
-        mut project: impl FnMut(Update, &Tensor, &mut N) -> Result<Update>,
-    ) -> Result<PcOutput>
-    where
-        S: Sde + ?Sized,
-        P: Predictor<S>,
-        C: Corrector<S>,
-        F: ScoreFn + ?Sized,
-        N: NoiseSource + ?Sized,
-    {
-        let n = sde.n();
-        let grid = time_grid(sde.t_end(), self.sampling_eps, n, x_init.dtype())?;
-        let batch = x_init.dim(0)?;
-        let calls = Cell::new(0usize);
-        let counted = |x: &Tensor, t: &Tensor| -> sde_core::Result<Tensor> {
-            calls.set(calls.get() + 1);
-            score.score(x, t)
-        };
-        let mut x = x_init.clone();
-        let mut x_mean = x.clone();
-        for (i, &ti) in grid.iter().enumerate() {
-            let t = time_vec(ti, batch, &x)?;
-            let up = self.corrector.update(sde, &counted, &x, &t, noise)?;
-            let up = project(up, &t, noise)?;
-            check_finite(&up.x, "x after the corrector", i, ti)?;
-            let up = self.predictor.update(sde, &counted, &up.x, &t, noise)?;
-            let up = project(up, &t, noise)?;
-            check_finite(&up.x, "x after the predictor", i, ti)?;
-            x = up.x;
-            x_mean = up.x_mean;
-        }
-        Ok(PcOutput {
-            x: if self.denoise { x_mean } else { x },
-            nfe: n * (self.corrector.n_steps_each() + 1),
-            score_evals: calls.get(),
-        })
-    }
-
     /// PC inpainting (`controllable_generation.get_pc_inpainter`): fills the entries of `data`
     /// where `mask` is 0, keeping those where it is 1.
     ///
@@ -139,15 +92,22 @@ impl<P, C> PcSampler<P, C> {
         let inv = mask.affine(-1.0, 1.0)?;
         let prior = sde.prior_sampling(data.shape(), data.device(), data.dtype(), noise)?;
         let x_init = ((data * &mask)? + (prior * &inv)?)?;
-        self.run_projected(sde, score, &x_init, noise, |up, t, noise| {
-            let (mean, std) = sde.marginal_prob(data, t)?;
-            let z = randn_like(&up.x, noise)?;
-            let masked = (&mean + mul_batch(&std, &z)?)?;
-            Ok(Update {
-                x: ((&up.x * &inv)? + (masked * &mask)?)?,
-                x_mean: ((&up.x_mean * &inv)? + (mean * &mask)?)?,
-            })
-        })
+        self.run_with(
+            sde,
+            score,
+            &x_init,
+            noise,
+            |up, t, noise| {
+                let (mean, std) = sde.marginal_prob(data, t)?;
+                let z = randn_like(&up.x, noise)?;
+                let masked = (&mean + mul_batch(&std, &z)?)?;
+                Ok(Update {
+                    x: ((&up.x * &inv)? + (masked * &mask)?)?,
+                    x_mean: ((&up.x_mean * &inv)? + (mean * &mask)?)?,
+                })
+            },
+            |_, _, _| {},
+        )
     }
 
     /// PC colorization (`controllable_generation.get_pc_colorizer`) of grey images
@@ -191,15 +151,22 @@ impl<P, C> PcSampler<P, C> {
         let known = decouple(gray)?;
         let prior = sde.prior_sampling(gray.shape(), gray.device(), gray.dtype(), noise)?;
         let x_init = couple(&((&known * &mask)? + (decouple(&prior)? * &inv)?)?)?;
-        self.run_projected(sde, score, &x_init, noise, |up, t, noise| {
-            let (mean, std) = sde.marginal_prob(&known, t)?;
-            let z = randn_like(&up.x, noise)?;
-            let masked = (&mean + mul_batch(&std, &z)?)?;
-            Ok(Update {
-                x: couple(&((decouple(&up.x)? * &inv)? + (masked * &mask)?)?)?,
-                x_mean: couple(&((decouple(&up.x_mean)? * &inv)? + (mean * &mask)?)?)?,
-            })
-        })
+        self.run_with(
+            sde,
+            score,
+            &x_init,
+            noise,
+            |up, t, noise| {
+                let (mean, std) = sde.marginal_prob(&known, t)?;
+                let z = randn_like(&up.x, noise)?;
+                let masked = (&mean + mul_batch(&std, &z)?)?;
+                Ok(Update {
+                    x: couple(&((decouple(&up.x)? * &inv)? + (masked * &mask)?)?)?,
+                    x_mean: couple(&((decouple(&up.x_mean)? * &inv)? + (mean * &mask)?)?)?,
+                })
+            },
+            |_, _, _| {},
+        )
     }
 }
 

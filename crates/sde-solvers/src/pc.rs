@@ -263,6 +263,28 @@ impl<P, C> PcSampler<P, C> {
         score: &F,
         x_init: &Tensor,
         noise: &mut N,
+        observer: impl FnMut(usize, f64, &Tensor),
+    ) -> Result<PcOutput>
+    where
+        S: Sde + ?Sized,
+        P: Predictor<S>,
+        C: Corrector<S>,
+        F: ScoreFn + ?Sized,
+        N: NoiseSource + ?Sized,
+    {
+        self.run_with(sde, score, x_init, noise, |up, _, _| Ok(up), observer)
+    }
+
+    /// The sampling loop: at each of the N times, corrector then predictor, each update passed
+    /// through `project(update, t, noise)` (the identity for plain sampling; inpainting and
+    /// colorization put the known part back there), then `observer(i, t_i, &x)`.
+    pub(crate) fn run_with<S, F, N>(
+        &self,
+        sde: &S,
+        score: &F,
+        x_init: &Tensor,
+        noise: &mut N,
+        mut project: impl FnMut(Update, &Tensor, &mut N) -> Result<Update>,
         mut observer: impl FnMut(usize, f64, &Tensor),
     ) -> Result<PcOutput>
     where
@@ -283,9 +305,11 @@ impl<P, C> PcSampler<P, C> {
         let mut x_mean = x.clone();
         for (i, &ti) in grid.iter().enumerate() {
             let t = time_vec(ti, batch, &x)?;
-            let Update { x: xc, .. } = self.corrector.update(sde, &counting, &x, &t, noise)?;
-            check_finite(&xc, "x after the corrector", i, ti)?;
-            let up = self.predictor.update(sde, &counting, &xc, &t, noise)?;
+            let up = self.corrector.update(sde, &counting, &x, &t, noise)?;
+            let up = project(up, &t, noise)?;
+            check_finite(&up.x, "x after the corrector", i, ti)?;
+            let up = self.predictor.update(sde, &counting, &up.x, &t, noise)?;
+            let up = project(up, &t, noise)?;
             check_finite(&up.x, "x after the predictor", i, ti)?;
             x = up.x;
             x_mean = up.x_mean;
