@@ -429,14 +429,7 @@ pub mod toy {
 
 const REFERENCE_S: f64 = 5.87;
 
-/// CPU time (user + system) of this process so far, from /proc (Linux), in seconds.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
+use scoresde::report::cpu_seconds;
 
 /// Median wall time and median CPU time over `reps` runs.
 fn time_it(

@@ -69,3 +69,14 @@ pub fn upscale(img: &RgbImage, factor: u32) -> RgbImage {
         image::imageops::FilterType::Nearest,
     )
 }
+
+/// CPU time (user + system, all threads) of this process so far in seconds, from
+/// `/proc/self/stat` (10 ms resolution; `None` where there is no procfs). On a shared machine
+/// the wall time depends on the load, the CPU time much less: the bench binaries report both.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}

@@ -82,9 +82,7 @@ pub fn toy_points(toy: Toy2d, n: usize, seed: u64) -> AnyResult<Tensor> {
 }
 
 /// Flattened f64 host copy of a tensor.
-pub fn host(x: &Tensor) -> AnyResult<Vec<f64>> {
-    Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
-}
+pub use crate::report::host;
 
 /// Sample-quality figures of a set of 2-D samples against held-out data.
 #[derive(Debug, Clone, serde::Serialize)]
