@@ -13,6 +13,8 @@ use crate::score::ScoreFn;
 use crate::sde::Sde;
 use crate::tensor::{expand_batch, to_host_f64};
 
+mod fast;
+
 /// Gaussian data p_0 = N(μ, diag(s²)) under an SDE: exact score
 /// ∇ₓ log p_t(x) = −(x − a(t) μ) / (a(t)² s² + σ(t)²), computed with tensor ops on `x`'s device
 /// (differentiable by autograd).
@@ -468,8 +470,11 @@ struct TimeConstants {
 /// ∇ₓ log p_t(x) = Σ_k r_k(x) · (−(x − a μ_k)/(a² s_k² + σ²)) with responsibilities
 /// r_k ∝ w_k N(x; a μ_k, a² s_k² + σ²).
 ///
-/// [`score`](ScoreFn::score) and the vector–Jacobian product are evaluated in f64 on the host
-/// (a fused loop: a handful of flops per element); [`log_prob`](Self::log_prob) is also
+/// [`score`](ScoreFn::score) and the vector–Jacobian product are evaluated on the host in f64
+/// (a fused loop: a handful of flops per element), except on float32 CPU batches of
+/// low-dimensional data (D ≤ 4, e.g. the 2-D toys): those go through a vectorised float32 loop on all cores, with the per-time constants computed once per
+/// run of equal times (once per batch in a sampler step), and with results that depend neither
+/// on the number of cores nor on the batch a point is evaluated in; [`log_prob`](Self::log_prob) is also
 /// available as differentiable tensor ops ([`log_prob_tensor`](Self::log_prob_tensor)).
 /// ```
 /// use candle_core::{DType, Device, Shape};
@@ -608,6 +613,88 @@ impl<S: Sde> GaussianMixtureScore<S> {
         Ok((logp, to_t(score)?, vjp))
     }
 
+    /// The float32 path of [`score`](ScoreFn::score) and, with a probe `v`, of
+    /// [`score_with_vjp`](ScoreFn::score_with_vjp); `None` when `x` is not a float32 CPU tensor
+    /// or the data have more than `fast::MAX_DIM` dimensions.
+    /// Points are grouped in runs of equal time, (a, σ) are computed for all runs in one call,
+    /// the per-time constants once per run.
+    fn eval_f32(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        v: Option<&Tensor>,
+    ) -> Result<Option<(Tensor, Option<Tensor>)>> {
+        if x.dtype() != DType::F32 || !x.device().is_cpu() || self.mixture.dim > fast::MAX_DIM {
+            return Ok(None);
+        }
+        let b = self.mixture.check_x(x)?;
+        let ts = crate::tensor::check_time(x, t, self.sde.t_end())?;
+        let probe = match v {
+            Some(v) if v.shape() != x.shape() => {
+                return Err(Error::ShapeMismatch {
+                    what: "vjp probe",
+                    expected: format!("{:?}", x.dims()),
+                    got: format!("{:?}", v.dims()),
+                })
+            }
+            Some(v) => Some(v.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let mut runs = Vec::new();
+        let mut start = 0;
+        while start < b {
+            let mut end = start + 1;
+            while end < b && ts[end] == ts[start] {
+                end += 1;
+            }
+            runs.push((start, end));
+            start = end;
+        }
+        let run_t: Vec<f64> = runs.iter().map(|&(s, _)| ts[s]).collect();
+        let (a, sigma) = if run_t.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let (a, sigma) =
+                self.sde
+                    .marginal_coeffs(&Tensor::from_vec(run_t, runs.len(), &Device::Cpu)?)?;
+            (to_host_f64(&a)?, to_host_f64(&sigma)?)
+        };
+        let d = self.mixture.dim;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; b * d];
+        let mut out_v = probe.as_ref().map(|_| vec![0f32; b * d]);
+        let mut c = TimeConstants::default();
+        let mut c32 = fast::Consts32 {
+            k: self.mixture.n_components(),
+            d,
+            amu: Vec::new(),
+            inv_v: Vec::new(),
+            log_norm: Vec::new(),
+        };
+        for (i, &(start, end)) in runs.iter().enumerate() {
+            self.mixture.time_constants(a[i], sigma[i], &mut c);
+            let narrow = |dst: &mut Vec<f32>, src: &[f64]| {
+                dst.clear();
+                dst.extend(src.iter().map(|&v| v as f32));
+            };
+            narrow(&mut c32.amu, &c.amu);
+            narrow(&mut c32.inv_v, &c.inv_v);
+            narrow(&mut c32.log_norm, &c.log_norm);
+            let r = start * d..end * d;
+            let vv = match (&probe, &mut out_v) {
+                (Some(pv), Some(ov)) => Some((&pv[r.clone()], &mut ov[r.clone()])),
+                _ => None,
+            };
+            fast::score_run(&xs[r.clone()], &mut out[r], vv, &c32);
+        }
+        let to_t = |v: Vec<f32>| Tensor::from_vec(v, x.shape(), &Device::Cpu);
+        let out_v = match out_v {
+            Some(v) => Some(to_t(v)?),
+            None => None,
+        };
+        Ok(Some((to_t(out)?, out_v)))
+    }
+
     /// log p_t(x) per sample (host f64 values).
     pub fn log_prob(&self, x: &Tensor, t: &Tensor) -> Result<Vec<f64>> {
         Ok(self.eval(x, t, None)?.0)
@@ -645,12 +732,22 @@ impl<S: Sde> GaussianMixtureScore<S> {
 }
 
 impl<S: Sde> ScoreFn for GaussianMixtureScore<S> {
+    /// Float32 CPU batches of low-dimensional data (D ≤ 4) go through a vectorised float32 loop
+    /// on all cores, with the per-time constants computed once per run of equal times (once per
+    /// batch in a sampler step); everything else through the per-point f64 loop.
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        if let Some((s, _)) = self.eval_f32(x, t, None)? {
+            return Ok(s);
+        }
         Ok(self.eval(x, t, None)?.1)
     }
 
     /// J v = Σ_k r_k (−v/v_k + s_k (s_k·v)) − s̄ (s̄·v), with s_k the component scores and s̄ the score.
+    /// Float32 CPU batches take the same float32 path as [`score`](ScoreFn::score).
     fn score_with_vjp(&self, x: &Tensor, t: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        if let Some((s, Some(vjp))) = self.eval_f32(x, t, Some(v))? {
+            return Ok((s, vjp));
+        }
         let (_, s, vjp) = self.eval(x, t, Some(v))?;
         let vjp = vjp.ok_or_else(|| Error::Unsupported("vjp was not computed".into()))?;
         Ok((s, vjp))

@@ -1,0 +1,270 @@
+//! The fast host paths against the plain ones: `BlockNoise` against the standard normal and
+//! uniform laws (and thread-count independence), and the float32 shared-time mixture score
+//! against the f64 per-point loop.
+
+use candle_core::{DType, Device, Shape, Tensor};
+use rand::SeedableRng;
+use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::noise::{BlockNoise, NoiseSource};
+use sde_core::{time_tensor, ScoreFn, Sde, SubVpSde, VeSde, VpSde};
+
+fn host(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Kolmogorov–Smirnov distance between the sample `v` and the CDF `cdf`.
+fn ks(mut v: Vec<f64>, cdf: impl Fn(f64) -> f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len() as f64;
+    v.iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let f = cdf(x);
+            (f - i as f64 / n).abs().max((f - (i + 1) as f64 / n).abs())
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Φ(x) through erfc's continued-fraction-free approximation (Abramowitz & Stegun 7.1.26,
+/// absolute error below 1.5e-7: far below the KS threshold used here).
+fn normal_cdf(x: f64) -> f64 {
+    let z = x.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erfc = poly * (-z * z).exp();
+    if x >= 0.0 {
+        1.0 - 0.5 * erfc
+    } else {
+        0.5 * erfc
+    }
+}
+
+#[test]
+fn block_noise_follows_the_standard_normal_and_uniform_laws() {
+    let n = 200_000;
+    let mut src = BlockNoise::new(11);
+    let z = host(
+        &src.randn(&Shape::from(n), &Device::Cpu, DType::F32)
+            .unwrap(),
+    );
+    // KS 1% critical value: 1.63 / √n ≈ 0.0036
+    let d = ks(z.clone(), normal_cdf);
+    assert!(d < 1.63 / (n as f64).sqrt(), "normal KS distance {d}");
+    let mean = z.iter().sum::<f64>() / n as f64;
+    let var = z.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+    assert!(mean.abs() < 4.0 / (n as f64).sqrt(), "mean {mean}");
+    assert!(
+        (var - 1.0).abs() < 4.0 * (2.0 / n as f64).sqrt(),
+        "var {var}"
+    );
+    let u = host(
+        &src.rand_uniform(&Shape::from(n), &Device::Cpu, DType::F64)
+            .unwrap(),
+    );
+    assert!(u.iter().all(|&v| (0.0..1.0).contains(&v)));
+    let d = ks(u, |x| x.clamp(0.0, 1.0));
+    assert!(d < 1.63 / (n as f64).sqrt(), "uniform KS distance {d}");
+    assert_eq!(src.draws(), 2);
+}
+
+#[test]
+fn block_noise_depends_on_the_seed_and_draw_only() {
+    let shape = Shape::from((9_000, 3)); // 27 000 values: 7 blocks, the last one partial
+    let draw = |threads: usize, seed: u64| {
+        let mut s = BlockNoise::new(seed).with_threads(threads);
+        let a = host(&s.randn(&shape, &Device::Cpu, DType::F32).unwrap());
+        let b = host(&s.randn(&shape, &Device::Cpu, DType::F32).unwrap());
+        (a, b)
+    };
+    let (a1, b1) = draw(1, 5);
+    for threads in [2, 3, 8] {
+        let (a, b) = draw(threads, 5);
+        assert!(a == a1 && b == b1, "{threads} threads changed the values");
+    }
+    // successive draws and other seeds differ; blocks are not copies of each other
+    assert_ne!(a1, b1);
+    assert_ne!(a1, draw(1, 6).0);
+    let blk = BlockNoise::BLOCK;
+    assert_ne!(a1[..100], a1[blk..blk + 100]);
+}
+
+#[test]
+fn block_noise_seeds_samplers_like_any_source() {
+    // f64 draws are drawn as f64 (not widened f32 values)
+    let z = host(
+        &BlockNoise::new(1)
+            .randn(&Shape::from(1000), &Device::Cpu, DType::F64)
+            .unwrap(),
+    );
+    assert!(z.iter().any(|v| (*v as f32) as f64 != *v));
+    let r = host(
+        &BlockNoise::new(1)
+            .rademacher(&Shape::from(1000), &Device::Cpu, DType::F32)
+            .unwrap(),
+    );
+    assert!(r.iter().all(|v| *v == 1.0 || *v == -1.0));
+    assert!(BlockNoise::new(1)
+        .randn(&Shape::from(4), &Device::Cpu, DType::U8)
+        .is_err());
+}
+
+fn check_f32_path(sde: impl Sde + Clone, name: &str) {
+    let gmm = GaussianMixture::new(
+        vec![0.5, 0.3, 0.2],
+        vec![vec![1.0, -1.0], vec![-2.0, 0.5], vec![0.0, 3.0]],
+        vec![vec![0.3, 0.6], vec![0.5], vec![1.0, 0.2]],
+    )
+    .unwrap();
+    let oracle = GaussianMixtureScore::new(sde.clone(), gmm.clone());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    // 40 003 points: split over threads, with a partial last block
+    let b = 40_003;
+    let shape = Shape::from((b, 2));
+    for t in [1e-5, 1e-3, 0.1, 0.5, 1.0] {
+        // points of p_t itself, x = a x₀ + σ z, where a sampler evaluates the score
+        let t32 = time_tensor(t, b, &Device::Cpu, DType::F32).unwrap();
+        let (a, s) = sde
+            .marginal_coeffs(&t32.to_dtype(DType::F64).unwrap())
+            .unwrap();
+        let x0 = gmm
+            .sample(&shape, &Device::Cpu, DType::F64, &mut rng)
+            .unwrap();
+        let z = rng.randn(&shape, &Device::Cpu, DType::F64).unwrap();
+        let x = (sde_core::mul_batch(&a, &x0).unwrap() + sde_core::mul_batch(&s, &z).unwrap())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        // the f64 loop on the same (f32-representable) points and times
+        let exact = host(
+            &oracle
+                .score(
+                    &x.to_dtype(DType::F64).unwrap(),
+                    &t32.to_dtype(DType::F64).unwrap(),
+                )
+                .unwrap(),
+        );
+        let fast = oracle.score(&x, &t32).unwrap();
+        assert_eq!(fast.dtype(), DType::F32);
+        let fast = host(&fast);
+        let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let mut worst = 0.0f64;
+        for (e, f) in exact.iter().zip(&fast) {
+            worst = worst.max((e - f).abs() / (e.abs() + 1e-3 * scale));
+        }
+        // float32 arithmetic: a few ulps, amplified where two components share a point
+        assert!(worst < 1e-4, "{name} t={t}: worst relative error {worst}");
+        // the vjp (the likelihood's divergence) on the same path, against the f64 closed form
+        let v = rng.rademacher(&shape, &Device::Cpu, DType::F32).unwrap();
+        let (s32, j32) = oracle.score_with_vjp(&x, &t32, &v).unwrap();
+        let (_, j64) = oracle
+            .score_with_vjp(
+                &x.to_dtype(DType::F64).unwrap(),
+                &t32.to_dtype(DType::F64).unwrap(),
+                &v.to_dtype(DType::F64).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(host(&s32), fast, "score_with_vjp's score is the score");
+        let (j32, j64) = (host(&j32), host(&j64));
+        let jscale = j64.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let mut worst = 0.0f64;
+        for (e, f) in j64.iter().zip(&j32) {
+            worst = worst.max((e - f).abs() / (e.abs() + 1e-3 * jscale));
+        }
+        assert!(
+            worst < 1e-3,
+            "{name} t={t}: vjp worst relative error {worst}"
+        );
+    }
+    // mixed times: constants per run of equal times
+    let x = rng.randn(&shape, &Device::Cpu, DType::F32).unwrap();
+    let tv: Vec<f32> = (0..b)
+        .map(|i| 0.01 + 0.9 * (i % 97) as f32 / 97.0)
+        .collect();
+    let tm = Tensor::from_vec(tv, b, &Device::Cpu).unwrap();
+    let a = host(&oracle.score(&x, &tm).unwrap());
+    let e = host(
+        &oracle
+            .score(
+                &x.to_dtype(DType::F64).unwrap(),
+                &tm.to_dtype(DType::F64).unwrap(),
+            )
+            .unwrap(),
+    );
+    let scale = e.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (a, e) in a.iter().zip(&e) {
+        assert!(
+            (a - e).abs() <= 1e-4 * (e.abs() + 1e-2 * scale),
+            "{a} vs {e}"
+        );
+    }
+}
+
+#[test]
+fn f32_shared_time_score_matches_the_f64_loop() {
+    check_f32_path(VeSde::default(), "VE");
+    check_f32_path(VpSde::default(), "VP");
+    check_f32_path(SubVpSde::default(), "sub-VP");
+}
+
+#[test]
+fn f32_score_propagates_nan_and_checks_times() {
+    let oracle = GaussianMixtureScore::new(
+        VeSde::default(),
+        GaussianMixture::ring(8, 4.0, 0.2).unwrap(),
+    );
+    let mut v = vec![0.5f32; 2 * 64];
+    v[7] = f32::NAN;
+    let x = Tensor::from_vec(v, (64, 2), &Device::Cpu).unwrap();
+    let t = time_tensor(0.5, 64, &Device::Cpu, DType::F32).unwrap();
+    let s = host(&oracle.score(&x, &t).unwrap());
+    assert!(s[6].is_nan() || s[7].is_nan());
+    assert!(s[..6].iter().all(|v| v.is_finite()));
+    let bad_t = time_tensor(1.5, 64, &Device::Cpu, DType::F32).unwrap();
+    assert!(oracle.score(&x, &bad_t).is_err());
+    let bad_x = Tensor::zeros((64, 3), DType::F32, &Device::Cpu).unwrap();
+    assert!(oracle.score(&bad_x, &t).is_err());
+}
+
+#[test]
+fn f32_score_of_a_point_does_not_depend_on_its_batch() {
+    let oracle = GaussianMixtureScore::new(
+        VpSde::default(),
+        GaussianMixture::ring(8, 4.0, 0.2).unwrap(),
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let b = 100; // six blocks of 16 and four single points
+    let x = (rng
+        .randn(&Shape::from((b, 2)), &Device::Cpu, DType::F32)
+        .unwrap()
+        * 4.0)
+        .unwrap();
+    let v = rng
+        .rademacher(&Shape::from((b, 2)), &Device::Cpu, DType::F32)
+        .unwrap();
+    let shared = time_tensor(0.2, b, &Device::Cpu, DType::F32).unwrap();
+    let mixed = Tensor::from_vec(
+        (0..b)
+            .map(|i| if i % 3 == 0 { 0.2f32 } else { 0.7 })
+            .collect::<Vec<_>>(),
+        b,
+        &Device::Cpu,
+    )
+    .unwrap();
+    for t in [&shared, &mixed] {
+        let (s_all, j_all) = oracle.score_with_vjp(&x, t, &v).unwrap();
+        for i in [0, 5, 17, 63, 97, 99] {
+            let one = |z: &Tensor| z.narrow(0, i, 1).unwrap();
+            let (s1, j1) = oracle.score_with_vjp(&one(&x), &one(t), &one(&v)).unwrap();
+            assert_eq!(host(&s1), host(&one(&s_all)), "score of point {i}");
+            assert_eq!(host(&j1), host(&one(&j_all)), "vjp of point {i}");
+        }
+    }
+}
