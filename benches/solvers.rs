@@ -9,15 +9,11 @@ use std::time::Duration;
 use candle_core::{DType, Device};
 use criterion::{criterion_group, criterion_main, Criterion};
 use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::noise::BlockNoise;
 use sde_core::VeSde;
 use sde_solvers::corrector::LangevinCorrector;
 use sde_solvers::pc::PcSampler;
 use sde_solvers::predictor::ReverseDiffusionPredictor;
-
-#[allow(dead_code)]
-#[path = "../examples/bench_solvers.rs"]
-mod bench_solvers;
-use bench_solvers::toy::{BlockNoise, FusedMixtureScore};
 
 fn pc_sampler(c: &mut Criterion) {
     let steps = 50;
@@ -33,28 +29,8 @@ fn pc_sampler(c: &mut Criterion) {
     group
         .measurement_time(Duration::from_secs(1))
         .sample_size(10);
-    let fused = FusedMixtureScore::new(&sde, &gmm);
-    group.bench_function("cpu_pc_rd_langevin_gmm2d_b10000_x50_fused_score", |b| {
-        let mut noise = BlockNoise::new(0);
-        b.iter(|| {
-            let out = sampler
-                .sample(
-                    &sde,
-                    &fused,
-                    (batch, 2),
-                    &Device::Cpu,
-                    DType::F32,
-                    &mut noise,
-                )
-                .expect("sampling succeeds");
-            out.x
-                .sum_all()
-                .and_then(|s| s.to_scalar::<f32>())
-                .expect("sync")
-        })
-    });
     let core = GaussianMixtureScore::new(&sde, gmm.clone());
-    group.bench_function("cpu_pc_rd_langevin_gmm2d_b10000_x50_sde_core_score", |b| {
+    group.bench_function("cpu_pc_rd_langevin_gmm2d_b10000_x50", |b| {
         let mut noise = BlockNoise::new(0);
         b.iter(|| {
             let out = sampler
