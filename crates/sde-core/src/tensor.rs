@@ -49,7 +49,27 @@ pub fn sample_numel(x: &Tensor) -> Result<usize> {
 }
 
 /// Copies a tensor to the host as `f64`, flattened.
+///
+/// Contiguous float32 / float64 CPU tensors are read straight from their storage (one
+/// allocation; samplers call this on per-sample times and coefficients at every step).
 pub fn to_host_f64(x: &Tensor) -> Result<Vec<f64>> {
+    if x.device().is_cpu() {
+        let (storage, layout) = x.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            match x.dtype() {
+                DType::F32 => {
+                    return Ok(cpu.as_slice::<f32>()?[a..b]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .collect())
+                }
+                DType::F64 => return Ok(cpu.as_slice::<f64>()?[a..b].to_vec()),
+                _ => {}
+            }
+        }
+    }
     Ok(x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
 }
 

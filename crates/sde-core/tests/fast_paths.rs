@@ -268,3 +268,35 @@ fn f32_score_of_a_point_does_not_depend_on_its_batch() {
         }
     }
 }
+
+#[test]
+fn to_host_f64_reads_views_and_dtypes() {
+    let base = Tensor::arange(0f32, 12.0, &Device::Cpu)
+        .unwrap()
+        .reshape((3, 4))
+        .unwrap();
+    let want = |t: &Tensor| -> Vec<f64> {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let views = [
+        base.clone(),
+        base.narrow(0, 1, 2).unwrap(),      // contiguous with an offset
+        base.t().unwrap(),                  // strided
+        base.to_dtype(DType::F64).unwrap(), // f64
+        base.to_dtype(DType::F16).unwrap(), // other dtypes through candle
+        base.narrow(1, 1, 2).unwrap(),      // strided rows
+    ];
+    for v in &views {
+        assert_eq!(
+            sde_core::to_host_f64(v).unwrap(),
+            want(v),
+            "{:?}",
+            v.layout()
+        );
+    }
+}
