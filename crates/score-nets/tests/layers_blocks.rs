@@ -397,3 +397,55 @@ fn fast_conv_paths_match_candle_conv_and_its_gradients() {
         }
     }
 }
+
+#[test]
+fn conv_with_bias_matches_candle_for_every_batch_path() {
+    use candle_core::Var;
+    use score_nets::layers::conv::conv2d_bias;
+    // batch 1 (one image at a time, threaded GEMM) and batch 5 (images shared among threads);
+    // the bias folded into the GEMM, and its gradient
+    for b in [1usize, 5] {
+        for (k, pad, stride) in [(3usize, 1usize, 1usize), (1, 0, 1), (3, 0, 2)] {
+            let x = randn(&[b, 4, 8, 8], 41);
+            let w = randn(&[6, 4, k, k], 42);
+            let bias = randn(&[6], 43);
+            let want = x
+                .conv2d(&w, pad, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, 6, 1, 1)).unwrap())
+                .unwrap();
+            let v = randn(want.dims(), 44);
+            let what = format!("b{b} k{k} p{pad} s{stride}");
+            let (xv, wv, bv) = (
+                Var::from_tensor(&x).unwrap(),
+                Var::from_tensor(&w).unwrap(),
+                Var::from_tensor(&bias).unwrap(),
+            );
+            let y = conv2d_bias(
+                xv.as_tensor(),
+                wv.as_tensor(),
+                Some(bv.as_tensor()),
+                pad,
+                stride,
+            )
+            .unwrap();
+            assert_close(&y, &want, 1e-6, &what);
+            let g = (y * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            let y_ref = xv
+                .as_tensor()
+                .conv2d(wv.as_tensor(), pad, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&bv.as_tensor().reshape((1, 6, 1, 1)).unwrap())
+                .unwrap();
+            let g_ref = (y_ref * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [xv.as_tensor(), wv.as_tensor(), bv.as_tensor()] {
+                assert_close(
+                    g.get(t).unwrap(),
+                    g_ref.get(t).unwrap(),
+                    1e-5,
+                    &format!("grad {what}"),
+                );
+            }
+        }
+    }
+}

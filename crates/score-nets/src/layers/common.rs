@@ -122,8 +122,13 @@ impl Conv2d {
 
     /// `x: [B, in, H, W]` → `[B, out, H', W']`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv_only(x)?;
-        self.add_bias(h)
+        super::conv::conv2d_bias(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            self.padding,
+            self.stride,
+        )
     }
 }
 

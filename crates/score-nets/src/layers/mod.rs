@@ -10,6 +10,7 @@ mod attn;
 mod combine;
 mod common;
 pub mod conv;
+mod conv_cpu;
 mod dropout;
 mod embedding;
 pub mod fir;

@@ -1,0 +1,230 @@
+//! The CPU convolution kernel behind [`super::conv::conv2d`]: per-image im2col into a reused
+//! buffer (none for 1x1 stride-1 kernels) and one GEMM per image straight into the output, with
+//! the bias as the GEMM's initial value.
+//!
+//! A whole-batch im2col matrix `[B, C·kh·kw, H·W]` is 75 MB for 256 channels at 32x32 and batch
+//! 8: written, then read back by the GEMM, it does not stay in any cache. One image's matrix
+//! (9.4 MB) stays in the last-level cache between its construction and its GEMM.
+//!
+//! Threads: with at least as many images as threads, the images are shared among candle's
+//! CPU pool threads, each running a single-threaded GEMM; otherwise the images are processed
+//! in turn with a multi-threaded GEMM.
+
+use candle_core::WithDType;
+
+/// Geometry of a convolution `x: [B, C, H, W]`, `w: [O, C, kh, kw]`, symmetric zero padding,
+/// equal strides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geom {
+    pub b: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub pad: usize,
+    pub stride: usize,
+}
+
+impl Geom {
+    /// Output height and width.
+    pub fn out_hw(&self) -> (usize, usize) {
+        (
+            (self.h + 2 * self.pad - self.kh) / self.stride + 1,
+            (self.w + 2 * self.pad - self.kw) / self.stride + 1,
+        )
+    }
+
+    fn direct(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.pad == 0 && self.stride == 1
+    }
+}
+
+/// A pointer shared by parallel workers that write disjoint ranges.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// # Safety
+    /// `[off, off + len)` must be in bounds and used by one caller only.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}
+
+/// im2col of one image `x: [C, H, W]` into `cols: [C·kh·kw, Ho·Wo]` (row `(c·kh + u)·kw + v`).
+fn im2col_image<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
+    let (ho, wo) = g.out_hw();
+    let n = ho * wo;
+    let (h, w, p, s) = (g.h as isize, g.w as isize, g.pad as isize, g.stride);
+    for ci in 0..g.c {
+        let xc = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for u in 0..g.kh {
+            for v in 0..g.kw {
+                let row = (ci * g.kh + u) * g.kw + v;
+                let dst = &mut cols[row * n..(row + 1) * n];
+                // output columns whose input column is inside the image
+                let lo = ((p - v as isize).max(0) as usize).div_ceil(s).min(wo);
+                let hi = if w + p - (v as isize) <= 0 {
+                    0
+                } else {
+                    ((w + p - v as isize) as usize).div_ceil(s).min(wo)
+                };
+                let hi = hi.max(lo);
+                for oy in 0..ho {
+                    let iy = (oy * s) as isize + u as isize - p;
+                    let d = &mut dst[oy * wo..(oy + 1) * wo];
+                    if iy < 0 || iy >= h {
+                        d.fill(T::zero());
+                        continue;
+                    }
+                    let xr = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    d[..lo].fill(T::zero());
+                    d[hi..].fill(T::zero());
+                    let ix0 = (lo * s) as isize + v as isize - p;
+                    if s == 1 {
+                        let ix0 = ix0 as usize;
+                        d[lo..hi].copy_from_slice(&xr[ix0..ix0 + (hi - lo)]);
+                    } else {
+                        for (k, dv) in d[lo..hi].iter_mut().enumerate() {
+                            *dv = xr[ix0 as usize + k * s];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[O, N] = bias ⊗ 1 + lhs[O, K] · rhs[K, N]`, all row-major.
+#[allow(clippy::too_many_arguments)]
+fn gemm_bias<T: WithDType>(
+    dst: &mut [T],
+    lhs: &[T],
+    rhs: &[T],
+    bias: Option<&[T]>,
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) {
+    if let Some(bias) = bias {
+        for (row, &bv) in dst.chunks_exact_mut(n).zip(bias) {
+            row.fill(bv);
+        }
+    }
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: dst is m x n, lhs m x k, rhs k x n, all row-major and in bounds; T is f32 or f64.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            bias.is_some(),
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+thread_local! {
+    /// Each thread's im2col buffer, kept between calls (a fresh one would be zero-filled and
+    /// page-faulted in on every convolution). Stored as f64 words, viewed as `T` (f32 or f64).
+    static COLS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's im2col buffer viewed as `len` elements of `T` (contents
+/// unspecified; `im2col_image` writes every element).
+fn with_cols<T: WithDType, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    assert!(std::mem::size_of::<T>() <= 8 && std::mem::align_of::<T>() <= 8);
+    COLS.with(|c| {
+        let mut c = c.borrow_mut();
+        let words = (len * std::mem::size_of::<T>()).div_ceil(8);
+        if c.len() < words {
+            c.resize(words, 0.0);
+        }
+        // SAFETY: the buffer holds at least len * size_of::<T>() initialised bytes, f64 alignment
+        // satisfies T's, and every bit pattern is a valid f32 / f64.
+        let s = unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr() as *mut T, len) };
+        f(s)
+    })
+}
+
+/// `y = conv(x, w) + bias`: `x: [B, C, H, W]`, `w: [O, C, kh, kw]` (row-major slices), `bias`
+/// `[O]` → `y: [B, O, Ho, Wo]`.
+pub(crate) fn conv2d<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    let (ho, wo) = g.out_hw();
+    let n = ho * wo;
+    let k = g.c * g.kh * g.kw;
+    let (in_img, out_img) = (g.c * g.h * g.w, g.o * n);
+    let mut y = vec![T::zero(); g.b * out_img];
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let per_image = |yb: &mut [T], xb: &[T], threads: usize| {
+        if g.direct() {
+            gemm_bias(yb, w, xb, bias, g.o, n, k, threads);
+        } else {
+            with_cols(k * n, |cols: &mut [T]| {
+                im2col_image(xb, g, cols);
+                gemm_bias(yb, w, cols, bias, g.o, n, k, threads);
+            });
+        }
+    };
+    if threads > 1 && g.b >= threads {
+        let out = SyncPtr(y.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(g.b, |range| {
+            for bi in range {
+                // SAFETY: image bi owns y[bi*out_img .. (bi+1)*out_img]
+                let yb = unsafe { out.slice(bi * out_img, out_img) };
+                per_image(yb, &x[bi * in_img..(bi + 1) * in_img], 1);
+            }
+        });
+    } else {
+        for (yb, xb) in y.chunks_exact_mut(out_img).zip(x.chunks_exact(in_img)) {
+            per_image(yb, xb, threads);
+        }
+    }
+    y
+}
+
+/// The kernel of the input gradient of a convolution with `w: [O, C, kh, kw]`: its spatial flip,
+/// transposed, `wt: [C, O, kh, kw]`, $wt_{c,o,u,v} = w_{o,c,kh-1-u,kw-1-v}$.
+pub(crate) fn flip_transpose<T: WithDType>(
+    w: &[T],
+    o: usize,
+    c: usize,
+    kh: usize,
+    kw: usize,
+) -> Vec<T> {
+    let kk = kh * kw;
+    let mut wt = Vec::with_capacity(w.len());
+    // destination order (c, o, tap): contiguous writes; the reads of one c step through the o
+    // rows of w, whose next taps the following c reads from the same cache lines
+    for ci in 0..c {
+        for oi in 0..o {
+            let src = &w[(oi * c + ci) * kk..(oi * c + ci + 1) * kk];
+            wt.extend(src.iter().rev());
+        }
+    }
+    wt
+}
