@@ -449,3 +449,101 @@ fn conv_with_bias_matches_candle_for_every_batch_path() {
         }
     }
 }
+
+#[test]
+fn fused_group_norm_matches_composite_ops_and_their_gradients() {
+    use candle_core::Var;
+    // 8 channels in 2 groups; f32 and f64; plain and fused SiLU; every operand tracked, then
+    // only the input (the likelihood's case)
+    for dt in [DType::F32, DType::F64] {
+        let tol = if dt == DType::F32 { 1e-5 } else { 1e-12 };
+        let x = (randn(&[3, 8, 5, 7], 31).affine(2.0, 0.5).unwrap())
+            .to_dtype(dt)
+            .unwrap();
+        let v = randn(&[3, 8, 5, 7], 32).to_dtype(dt).unwrap();
+        let gamma = randn(&[8], 33).to_dtype(dt).unwrap();
+        let beta = randn(&[8], 34).to_dtype(dt).unwrap();
+        let (xv, gv, bv) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&gamma).unwrap(),
+            Var::from_tensor(&beta).unwrap(),
+        );
+        let gn = GroupNorm::new(gv.as_tensor().clone(), bv.as_tensor().clone(), 2, 1e-6).unwrap();
+        for silu in [false, true] {
+            let what = format!("{dt:?} silu {silu}");
+            let reference = |t: &Tensor| {
+                let y = gn.composite(t).unwrap();
+                if silu {
+                    candle_nn::ops::silu(&y).unwrap()
+                } else {
+                    y
+                }
+            };
+            let fused = |t: &Tensor| {
+                if silu {
+                    gn.forward_act(t, Activation::Swish).unwrap()
+                } else {
+                    gn.forward(t).unwrap()
+                }
+            };
+            let (want, got) = (reference(xv.as_tensor()), fused(xv.as_tensor()));
+            assert_close(
+                &got.to_dtype(DType::F32).unwrap(),
+                &want.to_dtype(DType::F32).unwrap(),
+                tol as f32,
+                &what,
+            );
+            let g_ref = (want * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = (got * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, t) in [
+                ("x", xv.as_tensor()),
+                ("gamma", gv.as_tensor()),
+                ("beta", bv.as_tensor()),
+            ] {
+                let (a, b) = (g.get(t).unwrap(), g_ref.get(t).unwrap());
+                let e = (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+                    / b.abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap();
+                assert!(e <= 10.0 * tol, "grad {name} {what}: {e:e}");
+            }
+            // constant parameters: only the input gradient
+            let gn_c = GroupNorm::new(gamma.clone(), beta.clone(), 2, 1e-6).unwrap();
+            let y = if silu {
+                gn_c.forward_act(xv.as_tensor(), Activation::Swish).unwrap()
+            } else {
+                gn_c.forward(xv.as_tensor()).unwrap()
+            };
+            let g = (y * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, b) = (
+                g.get(xv.as_tensor()).unwrap(),
+                g_ref.get(xv.as_tensor()).unwrap(),
+            );
+            assert_close(
+                &a.to_dtype(DType::F32).unwrap(),
+                &b.to_dtype(DType::F32).unwrap(),
+                10.0 * tol as f32,
+                &what,
+            );
+            assert!(g.get(&gamma).is_none());
+        }
+    }
+}

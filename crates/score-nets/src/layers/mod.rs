@@ -14,6 +14,7 @@ mod conv_cpu;
 mod dropout;
 mod embedding;
 pub mod fir;
+pub mod norm;
 mod resample;
 mod resnet;
 
