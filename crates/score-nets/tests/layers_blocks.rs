@@ -547,3 +547,37 @@ fn fused_group_norm_matches_composite_ops_and_their_gradients() {
         }
     }
 }
+
+#[test]
+fn fir_kernel_matches_composite_upfirdn_and_its_gradient() {
+    use candle_core::Var;
+    let x = randn(&[2, 3, 8, 8], 51);
+    let k = [0.125, 0.375, 0.375, 0.25];
+    // (up, down, pads): upsampling, downsampling, the fused conv's padding, crops
+    for (up, down, pad) in [
+        (2usize, 1usize, (2isize, 1isize)),
+        (1, 2, (1, 1)),
+        (1, 1, (2, 2)),
+        (2, 2, (-1, 2)),
+        (1, 1, (-1, -1)),
+    ] {
+        let what = format!("up {up} down {down} pad {pad:?}");
+        let composite = |t: &Tensor| {
+            let h = fir::upfirdn1d(t, 3, &k, up, down, pad.0, pad.1).unwrap();
+            fir::upfirdn1d(&h, 2, &k, up, down, pad.0, pad.1).unwrap()
+        };
+        let xv = Var::from_tensor(&x).unwrap();
+        let want = composite(xv.as_tensor());
+        let got = fir::upfirdn2d(xv.as_tensor(), &k, up, down, pad).unwrap();
+        assert_close(&got, &want, 1e-6, &what);
+        let v = randn(want.dims(), 52);
+        let g_ref = (want * &v).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = (got * &v).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(
+            g.get(xv.as_tensor()).unwrap(),
+            g_ref.get(xv.as_tensor()).unwrap(),
+            1e-6,
+            &format!("grad {what}"),
+        );
+    }
+}
