@@ -351,6 +351,7 @@ fn fast_conv_paths_match_candle_conv_and_its_gradients() {
         (3, 2, 2),
         (1, 0, 2),
         (3, 1, 2),
+        (3, 3, 2),
     ] {
         let w = randn(&[3, 5, k, k], 23);
         let want = x.conv2d(&w, pad, stride, 1, 1).unwrap();

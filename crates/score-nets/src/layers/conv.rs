@@ -6,10 +6,11 @@
 //! the forward. [`conv2d`] avoids both when a gradient will be needed (the input or the weight
 //! tracks operations):
 //!
-//! - on the CPU, a custom op runs the forward convolution and computes the input gradient as a
-//!   plain convolution, $\nabla_x = \mathrm{conv}(\mathrm{dilate}_s(\nabla_y),
-//!   \mathrm{flip}(w)^\top, \text{pad } k-1-p)$, through the same fast forward path; the kernel
-//!   gradient is computed only when the kernel tracks gradients;
+//! - on the CPU, a custom op runs the forward convolution and computes the input gradient per
+//!   image as $\nabla_x = \mathrm{col2im}(W^\top \nabla_y)$, $W$ the `[out, in·kh·kw]` kernel
+//!   matrix read transposed in place by the GEMM (the adjoint of im2col + GEMM: the same
+//!   multiply-adds as the forward, none on the zeros of a dilated gradient for strided
+//!   convolutions); the kernel gradient is computed only when the kernel tracks gradients;
 //! - on other devices, an im2col made of shifted slices (`narrow`, whose backward is a zero pad)
 //!   and a batched GEMM (whose backward is two GEMMs).
 //!
@@ -56,9 +57,9 @@ pub fn conv2d_bias(
         && matches!(dt, DType::F32 | DType::F64)
         && w.dtype() == dt
         && bias.iter().all(|t| t.dtype() == dt);
-    if cpu && padding < kh && padding < kw {
+    if cpu {
         let op = ConvOp {
-            flip: false,
+            input_grad: false,
             geom: Geom {
                 b,
                 c,
@@ -147,39 +148,14 @@ pub fn im2col(
     Ok((cols, ho, wo))
 }
 
-/// Zero insertion along H and W (`stride - 1` zeros between samples), then `extra` zeros at the
-/// end of each: the dilation the input gradient of a strided convolution needs.
-fn dilate(g: &Tensor, stride: usize, extra: (usize, usize)) -> Result<Tensor> {
-    let mut g = g.clone();
-    if stride > 1 {
-        for dim in [2usize, 3] {
-            let n = g.dim(dim)?;
-            let mut dims = g.dims().to_vec();
-            dims[dim] = n * stride;
-            g = g
-                .unsqueeze(dim + 1)?
-                .pad_with_zeros(dim + 1, 0, stride - 1)?
-                .reshape(dims)?
-                .narrow(dim, 0, (n - 1) * stride + 1)?;
-        }
-    }
-    if extra.0 > 0 {
-        g = g.pad_with_zeros(2, 0, extra.0)?;
-    }
-    if extra.1 > 0 {
-        g = g.pad_with_zeros(3, 0, extra.1)?;
-    }
-    Ok(g)
-}
-
 /// The CPU convolution ([`conv_cpu`]) as a custom op (`x`, `w` and optionally the bias) with an
 /// efficient backward pass.
 #[derive(Debug, Clone, Copy)]
 struct ConvOp {
     geom: Geom,
-    /// The weight operand is the forward kernel `[C, O, kh, kw]` of which this op applies
-    /// `flip(w)ᵀ` (the input gradient), transposed on the fly.
-    flip: bool,
+    /// Compute the input gradient of the convolution instead: operands `(grad_y, w)`, result
+    /// `[B, C, H, W]`.
+    input_grad: bool,
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
@@ -198,7 +174,11 @@ impl ConvOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         let (ho, wo) = g.out_hw();
-        let shape = Shape::from((g.b, g.o, ho, wo));
+        let shape = if self.input_grad {
+            Shape::from((g.b, g.c, g.h, g.w))
+        } else {
+            Shape::from((g.b, g.o, ho, wo))
+        };
         fn go<T: WithDType>(
             op: &ConvOp,
             x: (&CpuStorage, &Layout),
@@ -207,13 +187,9 @@ impl ConvOp {
         ) -> candle_core::Result<Vec<T>> {
             let g = &op.geom;
             let wk = slice::<T>(w.0, w.1)?;
-            let flipped;
-            let wk = if op.flip {
-                flipped = conv_cpu::flip_transpose(wk, g.c, g.o, g.kh, g.kw);
-                &flipped[..]
-            } else {
-                wk
-            };
+            if op.input_grad {
+                return Ok(conv_cpu::conv2d_input_grad(slice::<T>(x.0, x.1)?, wk, g));
+            }
             let bias = bias.map(|(s, l)| slice::<T>(s, l)).transpose()?;
             Ok(conv_cpu::conv2d(slice::<T>(x.0, x.1)?, wk, bias, g))
         }
@@ -234,8 +210,6 @@ impl ConvOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let to_c = |e: Error| candle_core::Error::Msg(e.to_string());
         let Geom {
-            h,
-            w: wd,
             o,
             c,
             kh,
@@ -246,40 +220,14 @@ impl ConvOp {
         } = self.geom;
         let grad = grad.detach();
         let gx = if x.track_op() {
-            let (_, _, ho, wo) = grad.dims4()?;
-            let extra = (
-                h + 2 * p - ((ho - 1) * s + kh),
-                wd + 2 * p - ((wo - 1) * s + kw),
-            );
-            let g = dilate(&grad, s, extra).map_err(to_c)?;
-            // kh - 1 - p == kw - 1 - p for the square kernels used here; asymmetric ones pad
-            // the difference explicitly
-            let (ph, pw) = (kh - 1 - p, kw - 1 - p);
-            let pc = ph.min(pw);
-            let g = if ph == pw {
-                g
-            } else {
-                g.pad_with_zeros(2, ph - pc, ph - pc)?
-                    .pad_with_zeros(3, pw - pc, pw - pc)?
-            }
-            .contiguous()?;
-            let (b, _, gh, gw) = g.dims4()?;
-            // conv(dilate(grad), flip(w)ᵀ, pad k-1-p), the kernel transposed inside the op
             let op = ConvOp {
-                flip: true,
-                geom: Geom {
-                    b,
-                    c: o,
-                    h: gh,
-                    w: gw,
-                    o: c,
-                    kh,
-                    kw,
-                    pad: pc,
-                    stride: 1,
-                },
+                geom: self.geom,
+                input_grad: true,
             };
-            Some(g.apply_op2_no_bwd(&w.detach().contiguous()?, &op)?)
+            Some(
+                grad.contiguous()?
+                    .apply_op2_no_bwd(&w.detach().contiguous()?, &op)?,
+            )
         } else {
             None
         };

@@ -100,6 +100,120 @@ fn im2col_image<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
     }
 }
 
+/// The adjoint of [`im2col_image`]: adds every entry of `cols: [C·kh·kw, Ho·Wo]` to the input
+/// sample it was copied from, `gx: [C, H, W]` (zeroed first).
+fn col2im_image<T: WithDType>(cols: &[T], g: &Geom, gx: &mut [T]) {
+    let (ho, wo) = g.out_hw();
+    let n = ho * wo;
+    let (h, w, p, s) = (g.h as isize, g.w as isize, g.pad as isize, g.stride);
+    gx.fill(T::zero());
+    for ci in 0..g.c {
+        let gc = &mut gx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for u in 0..g.kh {
+            for v in 0..g.kw {
+                let row = (ci * g.kh + u) * g.kw + v;
+                let src = &cols[row * n..(row + 1) * n];
+                let lo = ((p - v as isize).max(0) as usize).div_ceil(s).min(wo);
+                let hi = if w + p - (v as isize) <= 0 {
+                    0
+                } else {
+                    ((w + p - v as isize) as usize).div_ceil(s).min(wo)
+                };
+                let hi = hi.max(lo);
+                for oy in 0..ho {
+                    let iy = (oy * s) as isize + u as isize - p;
+                    if iy < 0 || iy >= h {
+                        continue;
+                    }
+                    let gr = &mut gc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let sr = &src[oy * wo + lo..oy * wo + hi];
+                    let ix0 = ((lo * s) as isize + v as isize - p) as usize;
+                    if s == 1 {
+                        for (a, &b) in gr[ix0..ix0 + (hi - lo)].iter_mut().zip(sr) {
+                            *a += b;
+                        }
+                    } else {
+                        for (k, &b) in sr.iter().enumerate() {
+                            gr[ix0 + k * s] += b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The input gradient of [`conv2d`]: `gy: [B, O, Ho, Wo]`, `w: [O, C, kh, kw]` →
+/// `gx: [B, C, H, W]`, per image $\mathrm{col2im}(W^\top g_y)$ with $W$ the `[O, C·kh·kw]`
+/// kernel matrix, read transposed in place by the GEMM (no flipped copy of the kernel, and no
+/// multiply-adds on the zeros a dilated gradient would hold for strided convolutions).
+pub(crate) fn conv2d_input_grad<T: WithDType>(gy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    let (ho, wo) = g.out_hw();
+    let n = ho * wo;
+    let k = g.c * g.kh * g.kw;
+    let (in_img, out_img) = (g.c * g.h * g.w, g.o * n);
+    let mut gx = vec![T::zero(); g.b * in_img];
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let per_image = |gxb: &mut [T], gyb: &[T], threads: usize| {
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        let direct = g.direct();
+        let run = |dst: &mut [T]| {
+            // dst[K, N] = W^T[K, O] · gy[O, N]; W^T read with row stride 1, column stride K
+            // SAFETY: dst is K x N, w is O x K, gyb is O x N, all in bounds; T is f32 or f64.
+            unsafe {
+                gemm::gemm(
+                    k,
+                    n,
+                    g.o,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    gyb.as_ptr(),
+                    1,
+                    n as isize,
+                    T::zero(),
+                    T::one(),
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+        };
+        if direct {
+            run(gxb);
+        } else {
+            with_cols(k * n, |cols: &mut [T]| {
+                run(cols);
+                col2im_image(cols, g, gxb);
+            });
+        }
+    };
+    if threads > 1 && g.b >= threads {
+        let out = SyncPtr(gx.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(g.b, |range| {
+            for bi in range {
+                // SAFETY: image bi owns gx[bi*in_img .. (bi+1)*in_img]
+                let gxb = unsafe { out.slice(bi * in_img, in_img) };
+                per_image(gxb, &gy[bi * out_img..(bi + 1) * out_img], 1);
+            }
+        });
+    } else {
+        for (gxb, gyb) in gx.chunks_exact_mut(in_img).zip(gy.chunks_exact(out_img)) {
+            per_image(gxb, gyb, threads);
+        }
+    }
+    gx
+}
+
 /// `dst[O, N] = bias ⊗ 1 + lhs[O, K] · rhs[K, N]`, all row-major.
 #[allow(clippy::too_many_arguments)]
 fn gemm_bias<T: WithDType>(
@@ -205,26 +319,4 @@ pub(crate) fn conv2d<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geo
         }
     }
     y
-}
-
-/// The kernel of the input gradient of a convolution with `w: [O, C, kh, kw]`: its spatial flip,
-/// transposed, `wt: [C, O, kh, kw]`, $wt_{c,o,u,v} = w_{o,c,kh-1-u,kw-1-v}$.
-pub(crate) fn flip_transpose<T: WithDType>(
-    w: &[T],
-    o: usize,
-    c: usize,
-    kh: usize,
-    kw: usize,
-) -> Vec<T> {
-    let kk = kh * kw;
-    let mut wt = Vec::with_capacity(w.len());
-    // destination order (c, o, tap): contiguous writes; the reads of one c step through the o
-    // rows of w, whose next taps the following c reads from the same cache lines
-    for ci in 0..c {
-        for oi in 0..o {
-            let src = &w[(oi * c + ci) * kk..(oi * c + ci + 1) * kk];
-            wt.extend(src.iter().rev());
-        }
-    }
-    wt
 }
