@@ -403,11 +403,12 @@ fn fast_conv_paths_match_candle_conv_and_its_gradients() {
 fn conv_with_bias_matches_candle_for_every_batch_path() {
     use candle_core::Var;
     use score_nets::layers::conv::conv2d_bias;
-    // batch 1 (one image at a time, threaded GEMM) and batch 5 (images shared among threads);
-    // the bias folded into the GEMM, and its gradient
+    // batch 1 (one image at a time, its GEMM's columns split among threads: 144 columns at
+    // stride 1) and batch 5 (images shared among threads); the bias folded into the GEMM, and
+    // its gradient
     for b in [1usize, 5] {
         for (k, pad, stride) in [(3usize, 1usize, 1usize), (1, 0, 1), (3, 0, 2)] {
-            let x = randn(&[b, 4, 8, 8], 41);
+            let x = randn(&[b, 4, 12, 12], 41);
             let w = randn(&[6, 4, k, k], 42);
             let bias = randn(&[6], 43);
             let want = x

@@ -8,7 +8,8 @@
 //!
 //! Threads: with at least as many images as threads, the images are shared among candle's
 //! CPU pool threads, each running a single-threaded GEMM; otherwise the images are processed
-//! in turn with a multi-threaded GEMM.
+//! in turn, each GEMM's columns split among the pool threads (see [`gemm_cols`]). Nothing runs
+//! on rayon's pool, so the kernels never have two pools' threads competing for the cores.
 
 use candle_core::WithDType;
 
@@ -48,6 +49,10 @@ unsafe impl<T> Send for SyncPtr<T> {}
 unsafe impl<T> Sync for SyncPtr<T> {}
 
 impl<T> SyncPtr<T> {
+    fn ptr(&self) -> *mut T {
+        self.0
+    }
+
     /// # Safety
     /// `[off, off + len)` must be in bounds and used by one caller only.
     #[allow(clippy::mut_from_ref)]
@@ -98,6 +103,98 @@ fn im2col_image<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
             }
         }
     }
+}
+
+/// `SCORE_NETS_GEMM_RAYON=1` selects gemm's own (rayon) parallelism for the one-image GEMMs
+/// instead of the column split on candle's pool, for comparisons on an idle machine.
+fn gemm_on_rayon() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SCORE_NETS_GEMM_RAYON").is_ok_and(|v| v == "1"))
+}
+
+/// `dst[m, n] = lhs[m, k] · rhs[k, n]` (plus `dst` when `read_dst`), `dst` and `rhs` row-major
+/// with row stride `n`, `lhs` given by its row and column strides. With `threads > 1` the columns
+/// are split among candle's CPU pool threads, each running a single-threaded GEMM: the crate's
+/// kernels then use one thread pool (gemm's own parallelism runs on rayon's pool, whose idle
+/// threads compete with candle's spinning ones on a busy machine).
+///
+/// # Safety
+/// The pointers must address matrices of the given sizes and strides; `dst` must not alias the
+/// operands; `T` must be f32 or f64.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_cols<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    read_dst: bool,
+    lhs: (*const T, isize, isize),
+    rhs: *const T,
+    threads: usize,
+) {
+    let one = |c0: usize, c1: usize, par: gemm::Parallelism| {
+        gemm::gemm(
+            m,
+            c1 - c0,
+            k,
+            dst.add(c0),
+            1,
+            n as isize,
+            read_dst,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.add(c0),
+            1,
+            n as isize,
+            if read_dst { T::one() } else { T::zero() },
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    };
+    if threads > 1 && gemm_on_rayon() {
+        return one(0, n, gemm::Parallelism::Rayon(threads));
+    }
+    if threads <= 1 || n < 128 {
+        return one(0, n, gemm::Parallelism::None);
+    }
+    let pool = candle_core::utils::barrier_pool();
+    // column blocks, multiples of 16 (the micro-kernel's width along the columns)
+    let per = n.div_ceil(16).div_ceil(pool.n_workers() + 1) * 16;
+    let (dst, lhs0, rhs) = (
+        SyncPtr(dst),
+        SyncPtr(lhs.0 as *mut T),
+        SyncPtr(rhs as *mut T),
+    );
+    pool.execute(|tid| {
+        let (c0, c1) = ((tid * per).min(n), ((tid + 1) * per).min(n));
+        if c0 < c1 {
+            gemm::gemm(
+                m,
+                c1 - c0,
+                k,
+                dst.ptr().add(c0),
+                1,
+                n as isize,
+                read_dst,
+                lhs0.ptr(),
+                lhs.2,
+                lhs.1,
+                rhs.ptr().add(c0),
+                1,
+                n as isize,
+                if read_dst { T::one() } else { T::zero() },
+                T::one(),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
 }
 
 /// The adjoint of [`im2col_image`]: adds every entry of `cols: [C·kh·kw, Ho·Wo]` to the input
@@ -155,36 +252,20 @@ pub(crate) fn conv2d_input_grad<T: WithDType>(gy: &[T], w: &[T], g: &Geom) -> Ve
     let mut gx = vec![T::zero(); g.b * in_img];
     let threads = candle_core::utils::get_num_threads().max(1);
     let per_image = |gxb: &mut [T], gyb: &[T], threads: usize| {
-        let par = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
         let direct = g.direct();
         let run = |dst: &mut [T]| {
             // dst[K, N] = W^T[K, O] · gy[O, N]; W^T read with row stride 1, column stride K
             // SAFETY: dst is K x N, w is O x K, gyb is O x N, all in bounds; T is f32 or f64.
             unsafe {
-                gemm::gemm(
+                gemm_cols(
                     k,
                     n,
                     g.o,
                     dst.as_mut_ptr(),
-                    1,
-                    n as isize,
                     false,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
+                    (w.as_ptr(), 1, k as isize),
                     gyb.as_ptr(),
-                    1,
-                    n as isize,
-                    T::zero(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
-                    par,
+                    threads,
                 )
             }
         };
@@ -231,33 +312,17 @@ fn gemm_bias<T: WithDType>(
             row.fill(bv);
         }
     }
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: dst is m x n, lhs m x k, rhs k x n, all row-major and in bounds; T is f32 or f64.
     unsafe {
-        gemm::gemm(
+        gemm_cols(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
             bias.is_some(),
-            lhs.as_ptr(),
-            1,
-            k as isize,
+            (lhs.as_ptr(), k as isize, 1),
             rhs.as_ptr(),
-            1,
-            n as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
+            threads,
         )
     }
 }
