@@ -162,16 +162,21 @@ unsafe fn gemm_cols<T: WithDType>(
         return one(0, n, gemm::Parallelism::None);
     }
     let pool = candle_core::utils::barrier_pool();
-    // column blocks, multiples of 16 (the micro-kernel's width along the columns)
-    let per = n.div_ceil(16).div_ceil(pool.n_workers() + 1) * 16;
+    // one column block per thread, multiples of 16 (the micro-kernel's width along the columns);
+    // execute_chunked runs inline when called from a pool thread (no nested pool call)
+    let blocks = pool.n_workers() + 1;
+    let per = n.div_ceil(16).div_ceil(blocks) * 16;
     let (dst, lhs0, rhs) = (
         SyncPtr(dst),
         SyncPtr(lhs.0 as *mut T),
         SyncPtr(rhs as *mut T),
     );
-    pool.execute(|tid| {
-        let (c0, c1) = ((tid * per).min(n), ((tid + 1) * per).min(n));
-        if c0 < c1 {
+    pool.execute_chunked(blocks, |range| {
+        for tid in range {
+            let (c0, c1) = ((tid * per).min(n), ((tid + 1) * per).min(n));
+            if c0 >= c1 {
+                continue;
+            }
             gemm::gemm(
                 m,
                 c1 - c0,
