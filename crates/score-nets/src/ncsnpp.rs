@@ -3,14 +3,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use rand::SeedableRng;
 
 use crate::config::{EmbeddingType, NcsnPpConfig, Progressive, ProgressiveInput, ResblockType};
 use crate::layers::{
     dense, get_timestep_embedding, group_norm, AttnBlockPp, Combine, Conv2d, Downsample,
-    GaussianFourierProjection, Resample, ResnetBlockBigGanPp, ResnetBlockDdpmPp, ResnetOptions,
-    Upsample,
+    GaussianFourierProjection, GroupNorm, Resample, ResnetBlockBigGanPp, ResnetBlockDdpmPp,
+    ResnetOptions, Upsample,
 };
 use crate::{Error, Result};
 

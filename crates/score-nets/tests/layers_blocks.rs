@@ -351,6 +351,7 @@ fn fast_conv_paths_match_candle_conv_and_its_gradients() {
         (3, 2, 2),
         (1, 0, 2),
         (3, 1, 2),
+        (3, 3, 2),
     ] {
         let w = randn(&[3, 5, k, k], 23);
         let want = x.conv2d(&w, pad, stride, 1, 1).unwrap();
@@ -395,5 +396,190 @@ fn fast_conv_paths_match_candle_conv_and_its_gradients() {
             );
             assert!(g.get(&w).is_none());
         }
+    }
+}
+
+#[test]
+fn conv_with_bias_matches_candle_for_every_batch_path() {
+    use candle_core::Var;
+    use score_nets::layers::conv::conv2d_bias;
+    // batch 1 (one image at a time, its GEMM's columns split among threads: 144 columns at
+    // stride 1) and batch 5 (images shared among threads); the bias folded into the GEMM, and
+    // its gradient
+    for b in [1usize, 5] {
+        for (k, pad, stride) in [(3usize, 1usize, 1usize), (1, 0, 1), (3, 0, 2)] {
+            let x = randn(&[b, 4, 12, 12], 41);
+            let w = randn(&[6, 4, k, k], 42);
+            let bias = randn(&[6], 43);
+            let want = x
+                .conv2d(&w, pad, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, 6, 1, 1)).unwrap())
+                .unwrap();
+            let v = randn(want.dims(), 44);
+            let what = format!("b{b} k{k} p{pad} s{stride}");
+            let (xv, wv, bv) = (
+                Var::from_tensor(&x).unwrap(),
+                Var::from_tensor(&w).unwrap(),
+                Var::from_tensor(&bias).unwrap(),
+            );
+            let y = conv2d_bias(
+                xv.as_tensor(),
+                wv.as_tensor(),
+                Some(bv.as_tensor()),
+                pad,
+                stride,
+            )
+            .unwrap();
+            assert_close(&y, &want, 1e-6, &what);
+            let g = (y * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            let y_ref = xv
+                .as_tensor()
+                .conv2d(wv.as_tensor(), pad, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&bv.as_tensor().reshape((1, 6, 1, 1)).unwrap())
+                .unwrap();
+            let g_ref = (y_ref * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [xv.as_tensor(), wv.as_tensor(), bv.as_tensor()] {
+                assert_close(
+                    g.get(t).unwrap(),
+                    g_ref.get(t).unwrap(),
+                    1e-5,
+                    &format!("grad {what}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_group_norm_matches_composite_ops_and_their_gradients() {
+    use candle_core::Var;
+    // 8 channels in 2 groups; f32 and f64; plain and fused SiLU; every operand tracked, then
+    // only the input (the likelihood's case)
+    for dt in [DType::F32, DType::F64] {
+        let tol = if dt == DType::F32 { 1e-5 } else { 1e-12 };
+        let x = (randn(&[3, 8, 5, 7], 31).affine(2.0, 0.5).unwrap())
+            .to_dtype(dt)
+            .unwrap();
+        let v = randn(&[3, 8, 5, 7], 32).to_dtype(dt).unwrap();
+        let gamma = randn(&[8], 33).to_dtype(dt).unwrap();
+        let beta = randn(&[8], 34).to_dtype(dt).unwrap();
+        let (xv, gv, bv) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&gamma).unwrap(),
+            Var::from_tensor(&beta).unwrap(),
+        );
+        let gn = GroupNorm::new(gv.as_tensor().clone(), bv.as_tensor().clone(), 2, 1e-6).unwrap();
+        for silu in [false, true] {
+            let what = format!("{dt:?} silu {silu}");
+            let reference = |t: &Tensor| {
+                let y = gn.composite(t).unwrap();
+                if silu {
+                    candle_nn::ops::silu(&y).unwrap()
+                } else {
+                    y
+                }
+            };
+            let fused = |t: &Tensor| {
+                if silu {
+                    gn.forward_act(t, Activation::Swish).unwrap()
+                } else {
+                    gn.forward(t).unwrap()
+                }
+            };
+            let (want, got) = (reference(xv.as_tensor()), fused(xv.as_tensor()));
+            assert_close(
+                &got.to_dtype(DType::F32).unwrap(),
+                &want.to_dtype(DType::F32).unwrap(),
+                tol as f32,
+                &what,
+            );
+            let g_ref = (want * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = (got * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, t) in [
+                ("x", xv.as_tensor()),
+                ("gamma", gv.as_tensor()),
+                ("beta", bv.as_tensor()),
+            ] {
+                let (a, b) = (g.get(t).unwrap(), g_ref.get(t).unwrap());
+                let e = (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+                    / b.abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap();
+                assert!(e <= 10.0 * tol, "grad {name} {what}: {e:e}");
+            }
+            // constant parameters: only the input gradient
+            let gn_c = GroupNorm::new(gamma.clone(), beta.clone(), 2, 1e-6).unwrap();
+            let y = if silu {
+                gn_c.forward_act(xv.as_tensor(), Activation::Swish).unwrap()
+            } else {
+                gn_c.forward(xv.as_tensor()).unwrap()
+            };
+            let g = (y * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, b) = (
+                g.get(xv.as_tensor()).unwrap(),
+                g_ref.get(xv.as_tensor()).unwrap(),
+            );
+            assert_close(
+                &a.to_dtype(DType::F32).unwrap(),
+                &b.to_dtype(DType::F32).unwrap(),
+                10.0 * tol as f32,
+                &what,
+            );
+            assert!(g.get(&gamma).is_none());
+        }
+    }
+}
+
+#[test]
+fn fir_kernel_matches_composite_upfirdn_and_its_gradient() {
+    use candle_core::Var;
+    let x = randn(&[2, 3, 8, 8], 51);
+    let k = [0.125, 0.375, 0.375, 0.25];
+    // (up, down, pads): upsampling, downsampling, the fused conv's padding, crops
+    for (up, down, pad) in [
+        (2usize, 1usize, (2isize, 1isize)),
+        (1, 2, (1, 1)),
+        (1, 1, (2, 2)),
+        (2, 2, (-1, 2)),
+        (1, 1, (-1, -1)),
+    ] {
+        let what = format!("up {up} down {down} pad {pad:?}");
+        let composite = |t: &Tensor| {
+            let h = fir::upfirdn1d(t, 3, &k, up, down, pad.0, pad.1).unwrap();
+            fir::upfirdn1d(&h, 2, &k, up, down, pad.0, pad.1).unwrap()
+        };
+        let xv = Var::from_tensor(&x).unwrap();
+        let want = composite(xv.as_tensor());
+        let got = fir::upfirdn2d(xv.as_tensor(), &k, up, down, pad).unwrap();
+        assert_close(&got, &want, 1e-6, &what);
+        let v = randn(want.dims(), 52);
+        let g_ref = (want * &v).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = (got * &v).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(
+            g.get(xv.as_tensor()).unwrap(),
+            g_ref.get(xv.as_tensor()).unwrap(),
+            1e-6,
+            &format!("grad {what}"),
+        );
     }
 }

@@ -1,9 +1,9 @@
 //! `AttnBlockpp`: self-attention over all pixels.
 
 use candle_core::Tensor;
-use candle_nn::{GroupNorm, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::common::{group_norm, Nin};
+use super::common::{group_norm, GroupNorm, Nin};
 use crate::Result;
 
 /// `layerspp.AttnBlockpp`: $h = \mathrm{GN}(x)$, $q, k, v = \mathrm{NIN}_{0,1,2}(h)$,

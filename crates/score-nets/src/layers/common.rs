@@ -1,8 +1,10 @@
 //! Small shared pieces: activation, GroupNorm, `default_init` convolutions and linears, NIN.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{GroupNorm, Init, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
+
+pub use super::norm::GroupNorm;
 
 use crate::init::default_init;
 use crate::{Error, Result};
@@ -37,7 +39,8 @@ impl Activation {
 
 /// `nn.GroupNorm(num_groups = min(C / 4, 32), C, eps = 1e-6)` as every NCSN++ block builds it:
 /// $y = \gamma\,(x - \mu_g)/\sqrt{\sigma_g^2 + 10^{-6}} + \beta$ over groups of channels.
-/// Parameters `weight` (init 1) and `bias` (init 0) of shape `[C]`.
+/// Parameters `weight` (init 1) and `bias` (init 0) of shape `[C]`. On the CPU it runs as one
+/// fused kernel ([`GroupNorm`]).
 pub fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
     let groups = (channels / 4).min(32);
     if groups == 0 || !channels.is_multiple_of(groups) {
@@ -45,7 +48,9 @@ pub fn group_norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
             "GroupNorm with min(C/4, 32) groups needs C >= 4 divisible by the group count, got C = {channels}"
         )));
     }
-    Ok(candle_nn::group_norm(groups, channels, 1e-6, vb)?)
+    let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+    GroupNorm::new(weight, bias, groups, 1e-6)
 }
 
 /// 2-D convolution `weight: [out, in, k, k]`, `bias: [out]`, with symmetric zero `padding` and
@@ -122,8 +127,13 @@ impl Conv2d {
 
     /// `x: [B, in, H, W]` → `[B, out, H', W']`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv_only(x)?;
-        self.add_bias(h)
+        super::conv::conv2d_bias(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            self.padding,
+            self.stride,
+        )
     }
 }
 

@@ -6,43 +6,87 @@
 //! the forward. [`conv2d`] avoids both when a gradient will be needed (the input or the weight
 //! tracks operations):
 //!
-//! - on the CPU, a custom op runs the forward convolution and computes the input gradient as a
-//!   plain convolution, $\nabla_x = \mathrm{conv}(\mathrm{dilate}_s(\nabla_y),
-//!   \mathrm{flip}(w)^\top, \text{pad } k-1-p)$, through the same fast forward path; the kernel
-//!   gradient is computed only when the kernel tracks gradients;
+//! - on the CPU, a custom op runs the forward convolution and computes the input gradient per
+//!   image as $\nabla_x = \mathrm{col2im}(W^\top \nabla_y)$, $W$ the `[out, in·kh·kw]` kernel
+//!   matrix read transposed in place by the GEMM (the adjoint of im2col + GEMM: the same
+//!   multiply-adds as the forward, none on the zeros of a dilated gradient for strided
+//!   convolutions); the kernel gradient is computed only when the kernel tracks gradients;
 //! - on other devices, an im2col made of shifted slices (`narrow`, whose backward is a zero pad)
 //!   and a batched GEMM (whose backward is two GEMMs).
 //!
 //! Candle's CPU forward kernel (tiled im2col with a scalar gather) is itself about twice as slow
-//! as an im2col built from contiguous slice copies followed by one batched GEMM, so on the CPU
-//! every convolution (forward, input gradient, kernel gradient) goes through
-//! [`conv2d_im2col`]; other devices use Candle's kernel when no gradient is tracked.
+//! as an im2col followed by a GEMM, so on the CPU every forward convolution and input gradient
+//! runs a dedicated kernel (per-image im2col into a reused buffer, none for 1x1 kernels, one GEMM
+//! per image writing the output with the bias folded in); the kernel gradient uses
+//! [`conv2d_im2col`]. Other devices use Candle's kernel when no gradient is tracked.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
+use super::conv_cpu::{self, Geom};
 use crate::{Error, Result};
 
 /// 2-D cross-correlation `x: [B, in, H, W]`, `w: [out, in, kh, kw]` with symmetric zero
 /// padding and stride (`F.conv2d`): $y_{b,o,i,j} = \sum_{c,u,v} w_{o,c,u,v}\,
 /// x_{b,c,s i+u-p,\,s j+v-p}$.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    conv2d_bias(x, w, None, padding, stride)
+}
+
+/// [`conv2d`] plus a per-channel bias `[out]`:
+/// $y_{b,o,i,j} = \beta_o + \sum_{c,u,v} w_{o,c,u,v}\, x_{b,c,s i+u-p,\,s j+v-p}$.
+/// On the CPU the bias is the GEMM's initial value (no separate pass over the output).
+pub fn conv2d_bias(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let (b, c, h, wd) = x.dims4()?;
+    let (o, ci, kh, kw) = w.dims4()?;
+    if ci != c || stride == 0 || h + 2 * padding < kh || wd + 2 * padding < kw {
+        return Err(Error::Input(format!(
+            "conv2d: input {:?} does not fit kernel {:?} (padding {padding}, stride {stride})",
+            x.dims(),
+            w.dims()
+        )));
+    }
+    let dt = x.dtype();
     let cpu = x.device().is_cpu()
-        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
-    if !(x.track_op() || w.track_op()) {
-        return if cpu {
-            conv2d_im2col(x, w, padding, stride)
-        } else {
-            Ok(x.conv2d(w, padding, stride, 1, 1)?)
+        && matches!(dt, DType::F32 | DType::F64)
+        && w.dtype() == dt
+        && bias.iter().all(|t| t.dtype() == dt);
+    if cpu {
+        let op = ConvOp {
+            input_grad: false,
+            geom: Geom {
+                b,
+                c,
+                h,
+                w: wd,
+                o,
+                kh,
+                kw,
+                pad: padding,
+                stride,
+            },
         };
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        return Ok(match bias {
+            Some(bt) => x.apply_op3(&w, &bt.reshape(o)?.contiguous()?, op)?,
+            None => x.apply_op2(&w, op)?,
+        });
     }
-    let (_, _, kh, kw) = w.dims4()?;
-    if cpu && padding < kh && padding < kw && stride > 0 {
-        let x = x.contiguous()?;
-        let w = w.contiguous()?;
-        return Ok(x.apply_op2(&w, ConvOp { padding, stride })?);
+    let y = if cpu || x.track_op() || w.track_op() {
+        conv2d_im2col(x, w, padding, stride)?
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)?
+    };
+    match bias {
+        None => Ok(y),
+        Some(bt) => Ok(y.broadcast_add(&bt.reshape((1, (), 1, 1))?)?),
     }
-    conv2d_im2col(x, w, padding, stride)
 }
 
 /// Keeps every `stride`-th element of `dim`, starting at 0, `n` elements in all.
@@ -104,50 +148,99 @@ pub fn im2col(
     Ok((cols, ho, wo))
 }
 
-/// Zero insertion along H and W (`stride - 1` zeros between samples), then `extra` zeros at the
-/// end of each: the dilation the input gradient of a strided convolution needs.
-fn dilate(g: &Tensor, stride: usize, extra: (usize, usize)) -> Result<Tensor> {
-    let mut g = g.clone();
-    if stride > 1 {
-        for dim in [2usize, 3] {
-            let n = g.dim(dim)?;
-            let mut dims = g.dims().to_vec();
-            dims[dim] = n * stride;
-            g = g
-                .unsqueeze(dim + 1)?
-                .pad_with_zeros(dim + 1, 0, stride - 1)?
-                .reshape(dims)?
-                .narrow(dim, 0, (n - 1) * stride + 1)?;
-        }
-    }
-    if extra.0 > 0 {
-        g = g.pad_with_zeros(2, 0, extra.0)?;
-    }
-    if extra.1 > 0 {
-        g = g.pad_with_zeros(3, 0, extra.1)?;
-    }
-    Ok(g)
-}
-
-/// Candle's CPU convolution as a custom op with an efficient backward pass.
+/// The CPU convolution ([`conv_cpu`]) as a custom op (`x`, `w` and optionally the bias) with an
+/// efficient backward pass.
 #[derive(Debug, Clone, Copy)]
 struct ConvOp {
-    padding: usize,
-    stride: usize,
+    geom: Geom,
+    /// Compute the input gradient of the convolution instead: operands `(grad_y, w)`, result
+    /// `[B, C, H, W]`.
+    input_grad: bool,
 }
 
-fn cpu_tensor(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("conv2d: non-contiguous operand".into()))?;
-    let dev = candle_core::Device::Cpu;
-    match s {
-        CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), &dev),
-        CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], l.shape(), &dev),
-        _ => Err(candle_core::Error::Msg(format!(
-            "conv2d: unsupported dtype {:?}",
-            s.dtype()
-        ))),
+    Ok(&T::cpu_storage_as_slice(s)?[a..b])
+}
+
+impl ConvOp {
+    fn run(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (ho, wo) = g.out_hw();
+        let shape = if self.input_grad {
+            Shape::from((g.b, g.c, g.h, g.w))
+        } else {
+            Shape::from((g.b, g.o, ho, wo))
+        };
+        fn go<T: WithDType>(
+            op: &ConvOp,
+            x: (&CpuStorage, &Layout),
+            w: (&CpuStorage, &Layout),
+            bias: Option<(&CpuStorage, &Layout)>,
+        ) -> candle_core::Result<Vec<T>> {
+            let g = &op.geom;
+            let wk = slice::<T>(w.0, w.1)?;
+            if op.input_grad {
+                return Ok(conv_cpu::conv2d_input_grad(slice::<T>(x.0, x.1)?, wk, g));
+            }
+            let bias = bias.map(|(s, l)| slice::<T>(s, l)).transpose()?;
+            Ok(conv_cpu::conv2d(slice::<T>(x.0, x.1)?, wk, bias, g))
+        }
+        let y = match x.0 {
+            CpuStorage::F32(_) => CpuStorage::F32(go::<f32>(self, x, w, bias)?),
+            CpuStorage::F64(_) => CpuStorage::F64(go::<f64>(self, x, w, bias)?),
+            s => candle_core::bail!("conv2d: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((y, shape))
+    }
+
+    /// Input and kernel gradients (each only when tracked).
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let to_c = |e: Error| candle_core::Error::Msg(e.to_string());
+        let Geom {
+            o,
+            c,
+            kh,
+            kw,
+            pad: p,
+            stride: s,
+            ..
+        } = self.geom;
+        let grad = grad.detach();
+        let gx = if x.track_op() {
+            let op = ConvOp {
+                geom: self.geom,
+                input_grad: true,
+            };
+            Some(
+                grad.contiguous()?
+                    .apply_op2_no_bwd(&w.detach().contiguous()?, &op)?,
+            )
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            let (cols, ho, wo) = im2col(&x.detach(), kh, kw, p, s).map_err(to_c)?;
+            let b = grad.dim(0)?;
+            let g = grad.reshape((b, o, ho * wo))?;
+            let gw = g.matmul(&cols.transpose(1, 2)?)?.sum(0)?;
+            Some(gw.reshape((o, c, kh, kw))?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
     }
 }
 
@@ -163,19 +256,7 @@ impl CustomOp2 for ConvOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_tensor(s1, l1)?;
-        let w = cpu_tensor(s2, l2)?;
-        let y = conv2d_im2col(&x, &w, self.padding, self.stride)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            .contiguous()?;
-        let shape = y.shape().clone();
-        let (st, _) = y.storage_and_layout();
-        match &*st {
-            Storage::Cpu(cs) => Ok((cs.clone(), shape)),
-            _ => Err(candle_core::Error::Msg(
-                "conv2d: expected CPU storage".into(),
-            )),
-        }
+        self.run((s1, l1), (s2, l2), None)
     }
 
     fn bwd(
@@ -185,42 +266,42 @@ impl CustomOp2 for ConvOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let to_c = |e: Error| candle_core::Error::Msg(e.to_string());
-        let (_, _, h, wd) = x.dims4()?;
-        let (o, c, kh, kw) = w.dims4()?;
-        let (p, s) = (self.padding, self.stride);
-        let gx = if x.track_op() {
-            let (_, _, ho, wo) = grad.dims4()?;
-            let extra = (
-                h + 2 * p - ((ho - 1) * s + kh),
-                wd + 2 * p - ((wo - 1) * s + kw),
-            );
-            let g = dilate(grad, s, extra).map_err(to_c)?;
-            let wt = super::fir::flip_spatial(w)
-                .map_err(to_c)?
-                .transpose(0, 1)?
-                .contiguous()?;
-            // kh - 1 - p == kw - 1 - p for the square kernels used here; asymmetric ones pad
-            // the difference explicitly
-            let (ph, pw) = (kh - 1 - p, kw - 1 - p);
-            let pc = ph.min(pw);
-            let g = g
-                .pad_with_zeros(2, ph - pc, ph - pc)?
-                .pad_with_zeros(3, pw - pc, pw - pc)?;
-            Some(conv2d_im2col(&g.detach(), &wt, pc, 1).map_err(to_c)?)
+        self.grads(x, w, grad)
+    }
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        "score-nets-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.grads(x, w, grad)?;
+        let gb = if bias.track_op() {
+            Some(grad.sum((0, 2, 3))?)
         } else {
             None
         };
-        let gw = if w.track_op() {
-            let (cols, ho, wo) = im2col(&x.detach(), kh, kw, p, s).map_err(to_c)?;
-            let b = grad.dim(0)?;
-            let g = grad.reshape((b, o, ho * wo))?;
-            let gw = g.matmul(&cols.transpose(1, 2)?)?.sum(0)?;
-            Some(gw.reshape((o, c, kh, kw))?)
-        } else {
-            None
-        };
-        Ok((gx, gw))
+        Ok((gx, gw, gb))
     }
 }
 

@@ -8,7 +8,7 @@
 //! $K = k k^\top / (\sum k)^2$ (`_setup_kernel`), which sums to 1; upsampling multiplies it by
 //! `factor^2` so that a constant image stays constant ("gain").
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::{Error, Result};
 
@@ -127,7 +127,9 @@ pub fn upfirdn1d(
 }
 
 /// `upfirdn2d(x, outer(k, k), up, down, pad)` for `x: [B, C, H, W]` with a separable kernel
-/// given by its 1-D factor `k` (applied along H and W), same pads on both axes.
+/// given by its 1-D factor `k` (applied along H and W), same pads on both axes. On the CPU
+/// (f32 / f64) one kernel does both axes, with its adjoint as backward; elsewhere it is
+/// [`upfirdn1d`] along W, then along H.
 pub fn upfirdn2d(
     x: &Tensor,
     k: &[f64],
@@ -136,6 +138,11 @@ pub fn upfirdn2d(
     pad: (isize, isize),
 ) -> Result<Tensor> {
     check4(x, "upfirdn2d")?;
+    if up > 0 && down > 0 && !k.is_empty() {
+        if let Some(y) = upfirdn2d_cpu(x, k, up, down, pad)? {
+            return Ok(y);
+        }
+    }
     let h = upfirdn1d(x, 3, k, up, down, pad.0, pad.1)?;
     upfirdn1d(&h, 2, k, up, down, pad.0, pad.1)
 }
@@ -242,4 +249,211 @@ pub fn naive_downsample_2d(x: &Tensor, factor: usize) -> Result<Tensor> {
     }
     let r = x.reshape((b, c, h / factor, factor, w / factor, factor))?;
     Ok(r.mean(D::Minus1)?.mean(3)?)
+}
+
+/// [`upfirdn2d`] on the CPU as one kernel per `[H, W]` plane, with its adjoint as the backward
+/// pass (the composite form costs a dozen full passes per axis: zero insertion, padding, a
+/// shifted slice, a scaled copy and a sum per tap, each differentiated again).
+///
+/// Along one axis, with $\tilde k$ the reversed taps and $p_0$ the leading pad,
+/// $y_i = \sum_j \tilde k_j\, x_{(i d + j - p_0)/u}$ over the $j$ for which $i d + j - p_0$ is a
+/// non-negative multiple of $u$ below $u \cdot \mathrm{len}$ (`up` $u$, `down` $d$); the adjoint
+/// scatters $g_i \tilde k_j$ back to the same input sample.
+#[derive(Debug, Clone)]
+struct UpFirDnOp {
+    /// Reversed taps.
+    taps: Vec<f64>,
+    up: usize,
+    down: usize,
+    pad0: isize,
+    /// Input (H, W) of the forward map.
+    in_hw: (usize, usize),
+    /// Output (H, W) of the forward map.
+    out_hw: (usize, usize),
+    /// Apply the adjoint (the input gradient): `[.., out_h, out_w]` → `[.., in_h, in_w]`.
+    adjoint: bool,
+}
+
+impl UpFirDnOp {
+    /// Index of the input sample that tap `j` of output `i` reads, if any.
+    #[inline]
+    fn src(&self, i: usize, j: usize, len: usize) -> Option<usize> {
+        let t = (i * self.down + j) as isize - self.pad0;
+        if t < 0 || t % self.up as isize != 0 {
+            return None;
+        }
+        let s = (t / self.up as isize) as usize;
+        (s < len).then_some(s)
+    }
+
+    fn plane<T: candle_core::WithDType>(&self, x: &[T], y: &mut [T], tmp: &mut Vec<T>) {
+        let (h, w) = self.in_hw;
+        let (ho, wo) = self.out_hw;
+        let k: Vec<T> = self.taps.iter().map(|&v| T::from_f64(v)).collect();
+        if !self.adjoint {
+            // along W: tmp[h, wo]
+            tmp.clear();
+            tmp.resize(h * wo, T::zero());
+            for r in 0..h {
+                let (xr, tr) = (&x[r * w..(r + 1) * w], &mut tmp[r * wo..(r + 1) * wo]);
+                for (i, tv) in tr.iter_mut().enumerate() {
+                    let mut acc = T::zero();
+                    for (j, &kj) in k.iter().enumerate() {
+                        if let Some(s) = self.src(i, j, w) {
+                            acc += kj * xr[s];
+                        }
+                    }
+                    *tv = acc;
+                }
+            }
+            // along H, a row at a time
+            y.fill(T::zero());
+            for i in 0..ho {
+                let yr = &mut y[i * wo..(i + 1) * wo];
+                for (j, &kj) in k.iter().enumerate() {
+                    if let Some(s) = self.src(i, j, h) {
+                        for (a, &b) in yr.iter_mut().zip(&tmp[s * wo..(s + 1) * wo]) {
+                            *a += kj * b;
+                        }
+                    }
+                }
+            }
+        } else {
+            // x is the output gradient [ho, wo], y the input gradient [h, w]
+            tmp.clear();
+            tmp.resize(h * wo, T::zero());
+            for i in 0..ho {
+                let gr = &x[i * wo..(i + 1) * wo];
+                for (j, &kj) in k.iter().enumerate() {
+                    if let Some(s) = self.src(i, j, h) {
+                        for (a, &b) in tmp[s * wo..(s + 1) * wo].iter_mut().zip(gr) {
+                            *a += kj * b;
+                        }
+                    }
+                }
+            }
+            y.fill(T::zero());
+            for r in 0..h {
+                let (tr, yr) = (&tmp[r * wo..(r + 1) * wo], &mut y[r * w..(r + 1) * w]);
+                for (i, &gv) in tr.iter().enumerate() {
+                    for (j, &kj) in k.iter().enumerate() {
+                        if let Some(s) = self.src(i, j, w) {
+                            yr[s] += kj * gv;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn run<T: candle_core::WithDType>(&self, x: &[T], planes: usize) -> Vec<T> {
+        let (a, b) = if self.adjoint {
+            (self.out_hw, self.in_hw)
+        } else {
+            (self.in_hw, self.out_hw)
+        };
+        let (n_in, n_out) = (a.0 * a.1, b.0 * b.1);
+        let mut y = vec![T::zero(); planes * n_out];
+        let out = PlanePtr(y.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(planes, |range| {
+            let mut tmp = Vec::new();
+            for p in range {
+                // SAFETY: plane p owns y[p*n_out .. (p+1)*n_out]
+                let yp = unsafe { out.slice(p * n_out, n_out) };
+                self.plane(&x[p * n_in..(p + 1) * n_in], yp, &mut tmp);
+            }
+        });
+        y
+    }
+}
+
+/// A pointer to the output planes shared by the pool threads (each writes its own planes).
+#[derive(Clone, Copy)]
+struct PlanePtr<T>(*mut T);
+unsafe impl<T> Send for PlanePtr<T> {}
+unsafe impl<T> Sync for PlanePtr<T> {}
+
+impl<T> PlanePtr<T> {
+    /// # Safety
+    /// `[off, off + len)` must be in bounds and written by one caller only.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}
+
+impl candle_core::CustomOp1 for UpFirDnOp {
+    fn name(&self) -> &'static str {
+        "score-nets-upfirdn2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::CpuStorage;
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("upfirdn2d: non-contiguous input".into()))?;
+        let dims = l.dims();
+        let planes = dims[0] * dims[1];
+        let (oh, ow) = if self.adjoint {
+            self.in_hw
+        } else {
+            self.out_hw
+        };
+        let y = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(self.run(&v[a..b], planes)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.run(&v[a..b], planes)),
+            _ => candle_core::bail!("upfirdn2d: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((y, candle_core::Shape::from((dims[0], dims[1], oh, ow))))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let adj = Self {
+            adjoint: !self.adjoint,
+            ..self.clone()
+        };
+        Ok(Some(grad.contiguous()?.apply_op1(adj)?))
+    }
+}
+
+/// The CPU kernel path of [`upfirdn2d`], when it applies (`None`: use the composite ops).
+fn upfirdn2d_cpu(
+    x: &Tensor,
+    k: &[f64],
+    up: usize,
+    down: usize,
+    pad: (isize, isize),
+) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+        return Ok(None);
+    }
+    let (_, _, h, w) = x.dims4()?;
+    let out_len = |len: usize| -> Option<usize> {
+        let l = (len * up) as isize + pad.0 + pad.1;
+        let taps = k.len() as isize;
+        (l >= taps).then(|| ((l - taps) as usize) / down + 1)
+    };
+    let (Some(ho), Some(wo)) = (out_len(h), out_len(w)) else {
+        return Ok(None);
+    };
+    let op = UpFirDnOp {
+        taps: k.iter().rev().copied().collect(),
+        up,
+        down,
+        pad0: pad.0,
+        in_hw: (h, w),
+        out_hw: (ho, wo),
+        adjoint: false,
+    };
+    Ok(Some(x.contiguous()?.apply_op1(op)?))
 }

@@ -10,9 +10,11 @@ mod attn;
 mod combine;
 mod common;
 pub mod conv;
+mod conv_cpu;
 mod dropout;
 mod embedding;
 pub mod fir;
+pub mod norm;
 mod resample;
 mod resnet;
 

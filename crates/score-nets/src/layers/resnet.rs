@@ -1,9 +1,9 @@
 //! Residual blocks of NCSN++ / DDPM++ (`layerspp.ResnetBlockDDPMpp`, `ResnetBlockBigGANpp`).
 
 use candle_core::Tensor;
-use candle_nn::{GroupNorm, Linear, Module, VarBuilder};
+use candle_nn::{Linear, Module, VarBuilder};
 
-use super::common::{dense, group_norm, Activation, Conv2d, Nin};
+use super::common::{dense, group_norm, Activation, Conv2d, GroupNorm, Nin};
 use super::{dropout, fir};
 use crate::{Error, Result};
 
@@ -119,10 +119,10 @@ impl ResnetBlockDdpmPp {
         rng: Option<&mut dyn rand::RngCore>,
     ) -> Result<Tensor> {
         let act = self.opts.act;
-        let h = act.apply(&self.group_norm_0.forward(x)?)?;
+        let h = self.group_norm_0.forward_act(x, act)?;
         let h = self.conv_0.forward(&h)?;
         let h = add_temb(h, &self.dense_0, temb, act)?;
-        let h = act.apply(&self.group_norm_1.forward(&h)?)?;
+        let h = self.group_norm_1.forward_act(&h, act)?;
         let h = dropout::dropout(&h, self.opts.dropout, rng)?;
         let h = self.conv_1.forward(&h)?;
         let x = match &self.shortcut {
@@ -223,12 +223,12 @@ impl ResnetBlockBigGanPp {
         rng: Option<&mut dyn rand::RngCore>,
     ) -> Result<Tensor> {
         let act = self.opts.act;
-        let h = act.apply(&self.group_norm_0.forward(x)?)?;
+        let h = self.group_norm_0.forward_act(x, act)?;
         let h = self.resample(&h)?;
         let x = self.resample(x)?;
         let h = self.conv_0.forward(&h)?;
         let h = add_temb(h, &self.dense_0, temb, act)?;
-        let h = act.apply(&self.group_norm_1.forward(&h)?)?;
+        let h = self.group_norm_1.forward_act(&h, act)?;
         let h = dropout::dropout(&h, self.opts.dropout, rng)?;
         let h = self.conv_1.forward(&h)?;
         let x = match &self.conv_2 {

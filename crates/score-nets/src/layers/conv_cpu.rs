@@ -1,0 +1,392 @@
+//! The CPU convolution kernel behind [`super::conv::conv2d`]: per-image im2col into a reused
+//! buffer (none for 1x1 stride-1 kernels) and one GEMM per image straight into the output, with
+//! the bias as the GEMM's initial value.
+//!
+//! A whole-batch im2col matrix `[B, C·kh·kw, H·W]` is 75 MB for 256 channels at 32x32 and batch
+//! 8: written, then read back by the GEMM, it does not stay in any cache. One image's matrix
+//! (9.4 MB) stays in the last-level cache between its construction and its GEMM.
+//!
+//! Threads: with at least as many images as threads, the images are shared among candle's
+//! CPU pool threads, each running a single-threaded GEMM; otherwise the images are processed
+//! in turn, each GEMM's columns split among the pool threads (see [`gemm_cols`]). Nothing runs
+//! on rayon's pool, so the kernels never have two pools' threads competing for the cores.
+
+use candle_core::WithDType;
+
+/// Geometry of a convolution `x: [B, C, H, W]`, `w: [O, C, kh, kw]`, symmetric zero padding,
+/// equal strides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geom {
+    pub b: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub pad: usize,
+    pub stride: usize,
+}
+
+impl Geom {
+    /// Output height and width.
+    pub fn out_hw(&self) -> (usize, usize) {
+        (
+            (self.h + 2 * self.pad - self.kh) / self.stride + 1,
+            (self.w + 2 * self.pad - self.kw) / self.stride + 1,
+        )
+    }
+
+    fn direct(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.pad == 0 && self.stride == 1
+    }
+}
+
+/// A pointer shared by parallel workers that write disjoint ranges.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    fn ptr(&self) -> *mut T {
+        self.0
+    }
+
+    /// # Safety
+    /// `[off, off + len)` must be in bounds and used by one caller only.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}
+
+/// im2col of one image `x: [C, H, W]` into `cols: [C·kh·kw, Ho·Wo]` (row `(c·kh + u)·kw + v`).
+fn im2col_image<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
+    let (ho, wo) = g.out_hw();
+    let n = ho * wo;
+    let (h, w, p, s) = (g.h as isize, g.w as isize, g.pad as isize, g.stride);
+    for ci in 0..g.c {
+        let xc = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for u in 0..g.kh {
+            for v in 0..g.kw {
+                let row = (ci * g.kh + u) * g.kw + v;
+                let dst = &mut cols[row * n..(row + 1) * n];
+                // output columns whose input column is inside the image
+                let lo = ((p - v as isize).max(0) as usize).div_ceil(s).min(wo);
+                let hi = if w + p - (v as isize) <= 0 {
+                    0
+                } else {
+                    ((w + p - v as isize) as usize).div_ceil(s).min(wo)
+                };
+                let hi = hi.max(lo);
+                for oy in 0..ho {
+                    let iy = (oy * s) as isize + u as isize - p;
+                    let d = &mut dst[oy * wo..(oy + 1) * wo];
+                    if iy < 0 || iy >= h {
+                        d.fill(T::zero());
+                        continue;
+                    }
+                    let xr = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    d[..lo].fill(T::zero());
+                    d[hi..].fill(T::zero());
+                    let ix0 = (lo * s) as isize + v as isize - p;
+                    if s == 1 {
+                        let ix0 = ix0 as usize;
+                        d[lo..hi].copy_from_slice(&xr[ix0..ix0 + (hi - lo)]);
+                    } else {
+                        for (k, dv) in d[lo..hi].iter_mut().enumerate() {
+                            *dv = xr[ix0 as usize + k * s];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `SCORE_NETS_GEMM_RAYON=1` selects gemm's own (rayon) parallelism for the one-image GEMMs
+/// instead of the column split on candle's pool, for comparisons on an idle machine.
+fn gemm_on_rayon() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SCORE_NETS_GEMM_RAYON").is_ok_and(|v| v == "1"))
+}
+
+/// `dst[m, n] = lhs[m, k] · rhs[k, n]` (plus `dst` when `read_dst`), `dst` and `rhs` row-major
+/// with row stride `n`, `lhs` given by its row and column strides. With `threads > 1` the columns
+/// are split among candle's CPU pool threads, each running a single-threaded GEMM: the crate's
+/// kernels then use one thread pool (gemm's own parallelism runs on rayon's pool, whose idle
+/// threads compete with candle's spinning ones on a busy machine).
+///
+/// # Safety
+/// The pointers must address matrices of the given sizes and strides; `dst` must not alias the
+/// operands; `T` must be f32 or f64.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_cols<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    read_dst: bool,
+    lhs: (*const T, isize, isize),
+    rhs: *const T,
+    threads: usize,
+) {
+    let one = |c0: usize, c1: usize, par: gemm::Parallelism| {
+        gemm::gemm(
+            m,
+            c1 - c0,
+            k,
+            dst.add(c0),
+            1,
+            n as isize,
+            read_dst,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.add(c0),
+            1,
+            n as isize,
+            if read_dst { T::one() } else { T::zero() },
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    };
+    if threads > 1 && gemm_on_rayon() {
+        return one(0, n, gemm::Parallelism::Rayon(threads));
+    }
+    if threads <= 1 || n < 128 {
+        return one(0, n, gemm::Parallelism::None);
+    }
+    let pool = candle_core::utils::barrier_pool();
+    // one column block per thread, multiples of 16 (the micro-kernel's width along the columns);
+    // execute_chunked runs inline when called from a pool thread (no nested pool call)
+    let blocks = pool.n_workers() + 1;
+    let per = n.div_ceil(16).div_ceil(blocks) * 16;
+    let (dst, lhs0, rhs) = (
+        SyncPtr(dst),
+        SyncPtr(lhs.0 as *mut T),
+        SyncPtr(rhs as *mut T),
+    );
+    pool.execute_chunked(blocks, |range| {
+        for tid in range {
+            let (c0, c1) = ((tid * per).min(n), ((tid + 1) * per).min(n));
+            if c0 >= c1 {
+                continue;
+            }
+            gemm::gemm(
+                m,
+                c1 - c0,
+                k,
+                dst.ptr().add(c0),
+                1,
+                n as isize,
+                read_dst,
+                lhs0.ptr(),
+                lhs.2,
+                lhs.1,
+                rhs.ptr().add(c0),
+                1,
+                n as isize,
+                if read_dst { T::one() } else { T::zero() },
+                T::one(),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
+}
+
+/// The adjoint of [`im2col_image`]: adds every entry of `cols: [C·kh·kw, Ho·Wo]` to the input
+/// sample it was copied from, `gx: [C, H, W]` (zeroed first).
+fn col2im_image<T: WithDType>(cols: &[T], g: &Geom, gx: &mut [T]) {
+    let (ho, wo) = g.out_hw();
+    let n = ho * wo;
+    let (h, w, p, s) = (g.h as isize, g.w as isize, g.pad as isize, g.stride);
+    gx.fill(T::zero());
+    for ci in 0..g.c {
+        let gc = &mut gx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for u in 0..g.kh {
+            for v in 0..g.kw {
+                let row = (ci * g.kh + u) * g.kw + v;
+                let src = &cols[row * n..(row + 1) * n];
+                let lo = ((p - v as isize).max(0) as usize).div_ceil(s).min(wo);
+                let hi = if w + p - (v as isize) <= 0 {
+                    0
+                } else {
+                    ((w + p - v as isize) as usize).div_ceil(s).min(wo)
+                };
+                let hi = hi.max(lo);
+                for oy in 0..ho {
+                    let iy = (oy * s) as isize + u as isize - p;
+                    if iy < 0 || iy >= h {
+                        continue;
+                    }
+                    let gr = &mut gc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let sr = &src[oy * wo + lo..oy * wo + hi];
+                    let ix0 = ((lo * s) as isize + v as isize - p) as usize;
+                    if s == 1 {
+                        for (a, &b) in gr[ix0..ix0 + (hi - lo)].iter_mut().zip(sr) {
+                            *a += b;
+                        }
+                    } else {
+                        for (k, &b) in sr.iter().enumerate() {
+                            gr[ix0 + k * s] += b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The input gradient of [`conv2d`]: `gy: [B, O, Ho, Wo]`, `w: [O, C, kh, kw]` →
+/// `gx: [B, C, H, W]`, per image $\mathrm{col2im}(W^\top g_y)$ with $W$ the `[O, C·kh·kw]`
+/// kernel matrix, read transposed in place by the GEMM (no flipped copy of the kernel, and no
+/// multiply-adds on the zeros a dilated gradient would hold for strided convolutions).
+pub(crate) fn conv2d_input_grad<T: WithDType>(gy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    let (ho, wo) = g.out_hw();
+    let n = ho * wo;
+    let k = g.c * g.kh * g.kw;
+    let (in_img, out_img) = (g.c * g.h * g.w, g.o * n);
+    let mut gx = vec![T::zero(); g.b * in_img];
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let per_image = |gxb: &mut [T], gyb: &[T], threads: usize| {
+        let direct = g.direct();
+        let run = |dst: &mut [T]| {
+            // dst[K, N] = W^T[K, O] · gy[O, N]; W^T read with row stride 1, column stride K
+            // SAFETY: dst is K x N, w is O x K, gyb is O x N, all in bounds; T is f32 or f64.
+            unsafe {
+                gemm_cols(
+                    k,
+                    n,
+                    g.o,
+                    dst.as_mut_ptr(),
+                    false,
+                    (w.as_ptr(), 1, k as isize),
+                    gyb.as_ptr(),
+                    threads,
+                )
+            }
+        };
+        if direct {
+            run(gxb);
+        } else {
+            with_cols(k * n, |cols: &mut [T]| {
+                run(cols);
+                col2im_image(cols, g, gxb);
+            });
+        }
+    };
+    if threads > 1 && g.b >= threads {
+        let out = SyncPtr(gx.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(g.b, |range| {
+            for bi in range {
+                // SAFETY: image bi owns gx[bi*in_img .. (bi+1)*in_img]
+                let gxb = unsafe { out.slice(bi * in_img, in_img) };
+                per_image(gxb, &gy[bi * out_img..(bi + 1) * out_img], 1);
+            }
+        });
+    } else {
+        for (gxb, gyb) in gx.chunks_exact_mut(in_img).zip(gy.chunks_exact(out_img)) {
+            per_image(gxb, gyb, threads);
+        }
+    }
+    gx
+}
+
+/// `dst[O, N] = bias ⊗ 1 + lhs[O, K] · rhs[K, N]`, all row-major.
+#[allow(clippy::too_many_arguments)]
+fn gemm_bias<T: WithDType>(
+    dst: &mut [T],
+    lhs: &[T],
+    rhs: &[T],
+    bias: Option<&[T]>,
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) {
+    if let Some(bias) = bias {
+        for (row, &bv) in dst.chunks_exact_mut(n).zip(bias) {
+            row.fill(bv);
+        }
+    }
+    // SAFETY: dst is m x n, lhs m x k, rhs k x n, all row-major and in bounds; T is f32 or f64.
+    unsafe {
+        gemm_cols(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            bias.is_some(),
+            (lhs.as_ptr(), k as isize, 1),
+            rhs.as_ptr(),
+            threads,
+        )
+    }
+}
+
+thread_local! {
+    /// Each thread's im2col buffer, kept between calls (a fresh one would be zero-filled and
+    /// page-faulted in on every convolution). Stored as f64 words, viewed as `T` (f32 or f64).
+    static COLS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's im2col buffer viewed as `len` elements of `T` (contents
+/// unspecified; `im2col_image` writes every element).
+fn with_cols<T: WithDType, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    assert!(std::mem::size_of::<T>() <= 8 && std::mem::align_of::<T>() <= 8);
+    COLS.with(|c| {
+        let mut c = c.borrow_mut();
+        let words = (len * std::mem::size_of::<T>()).div_ceil(8);
+        if c.len() < words {
+            c.resize(words, 0.0);
+        }
+        // SAFETY: the buffer holds at least len * size_of::<T>() initialised bytes, f64 alignment
+        // satisfies T's, and every bit pattern is a valid f32 / f64.
+        let s = unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr() as *mut T, len) };
+        f(s)
+    })
+}
+
+/// `y = conv(x, w) + bias`: `x: [B, C, H, W]`, `w: [O, C, kh, kw]` (row-major slices), `bias`
+/// `[O]` → `y: [B, O, Ho, Wo]`.
+pub(crate) fn conv2d<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    let (ho, wo) = g.out_hw();
+    let n = ho * wo;
+    let k = g.c * g.kh * g.kw;
+    let (in_img, out_img) = (g.c * g.h * g.w, g.o * n);
+    let mut y = vec![T::zero(); g.b * out_img];
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let per_image = |yb: &mut [T], xb: &[T], threads: usize| {
+        if g.direct() {
+            gemm_bias(yb, w, xb, bias, g.o, n, k, threads);
+        } else {
+            with_cols(k * n, |cols: &mut [T]| {
+                im2col_image(xb, g, cols);
+                gemm_bias(yb, w, cols, bias, g.o, n, k, threads);
+            });
+        }
+    };
+    if threads > 1 && g.b >= threads {
+        let out = SyncPtr(y.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(g.b, |range| {
+            for bi in range {
+                // SAFETY: image bi owns y[bi*out_img .. (bi+1)*out_img]
+                let yb = unsafe { out.slice(bi * out_img, out_img) };
+                per_image(yb, &x[bi * in_img..(bi + 1) * in_img], 1);
+            }
+        });
+    } else {
+        for (yb, xb) in y.chunks_exact_mut(out_img).zip(x.chunks_exact(in_img)) {
+            per_image(yb, xb, threads);
+        }
+    }
+    y
+}
