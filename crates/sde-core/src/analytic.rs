@@ -279,13 +279,18 @@ impl GaussianMixture {
         c.inv_v.resize(k * d, 0.0);
         c.log_norm.resize(k, 0.0);
         let s2 = sigma * sigma;
+        // isotropic and equal-variance components repeat v: one logarithm per distinct value
+        let mut last = (f64::NAN, f64::NAN);
         for comp in 0..k {
             let mut logdet = 0.0;
             for j in 0..d {
                 let v = a * a * self.vars[comp][j] + s2;
                 c.amu[comp * d + j] = a * self.means[comp][j];
                 c.inv_v[comp * d + j] = 1.0 / v;
-                logdet += (2.0 * std::f64::consts::PI * v).ln();
+                if v != last.0 {
+                    last = (v, (2.0 * std::f64::consts::PI * v).ln());
+                }
+                logdet += last.1;
             }
             c.log_norm[comp] = self.log_weights[comp] - 0.5 * logdet;
         }
@@ -663,16 +668,10 @@ impl<S: Sde> GaussianMixtureScore<S> {
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; b * d];
         let mut out_v = probe.as_ref().map(|_| vec![0f32; b * d]);
-        let mut c = TimeConstants::default();
-        let mut c32 = fast::Consts32 {
-            k: self.mixture.n_components(),
-            d,
-            amu: Vec::new(),
-            inv_v: Vec::new(),
-            log_norm: Vec::new(),
-        };
-        for (i, &(start, end)) in runs.iter().enumerate() {
-            self.mixture.time_constants(a[i], sigma[i], &mut c);
+        let mix = &self.mixture;
+        // The constants of a run in float32, through the f64 ones.
+        let constants = |a: f64, sigma: f64, c: &mut TimeConstants, c32: &mut fast::Consts32| {
+            mix.time_constants(a, sigma, c);
             let narrow = |dst: &mut Vec<f32>, src: &[f64]| {
                 dst.clear();
                 dst.extend(src.iter().map(|&v| v as f32));
@@ -680,12 +679,80 @@ impl<S: Sde> GaussianMixtureScore<S> {
             narrow(&mut c32.amu, &c.amu);
             narrow(&mut c32.inv_v, &c.inv_v);
             narrow(&mut c32.log_norm, &c.log_norm);
-            let r = start * d..end * d;
+        };
+        let new_c32 = || fast::Consts32 {
+            k: mix.n_components(),
+            d,
+            amu: Vec::new(),
+            inv_v: Vec::new(),
+            log_norm: Vec::new(),
+        };
+        if runs.len() == 1 {
+            // One time (a sampler step): the points are split over threads.
+            let (mut c, mut c32) = (TimeConstants::default(), new_c32());
+            constants(a[0], sigma[0], &mut c, &mut c32);
             let vv = match (&probe, &mut out_v) {
-                (Some(pv), Some(ov)) => Some((&pv[r.clone()], &mut ov[r.clone()])),
+                (Some(pv), Some(ov)) => Some((&pv[..], &mut ov[..])),
                 _ => None,
             };
-            fast::score_run(&xs[r.clone()], &mut out[r], vv, &c32);
+            fast::score_run(&xs, &mut out, vv, &c32);
+        } else {
+            // Several times (e.g. per-sample ODE steps): contiguous groups of runs, one per
+            // thread, each run on its group's thread.
+            let threads = if b * d * mix.n_components() >= 1 << 16 {
+                rayon::current_num_threads().clamp(1, 8)
+            } else {
+                1
+            };
+            let per_group = b.div_ceil(threads);
+            type Task<'a> = (
+                &'a [(usize, usize)],
+                usize,
+                &'a mut [f32],
+                Option<&'a mut [f32]>,
+            );
+            let mut tasks: Vec<Task> = Vec::new();
+            let (mut out_rest, mut ov_rest) = (&mut out[..], out_v.as_deref_mut());
+            let (mut first, mut taken) = (0, 0);
+            while first < runs.len() {
+                let mut last = first;
+                while last < runs.len() && runs[last].1 - runs[first].0 <= per_group {
+                    last += 1;
+                }
+                let last = last.max(first + 1);
+                let len = (runs[last - 1].1 - runs[first].0) * d;
+                let (o_now, o_next) = std::mem::take(&mut out_rest).split_at_mut(len);
+                let (v_now, v_next) = match ov_rest.take() {
+                    Some(ov) => {
+                        let (a, b) = ov.split_at_mut(len);
+                        (Some(a), Some(b))
+                    }
+                    None => (None, None),
+                };
+                tasks.push((&runs[first..last], taken, o_now, v_now));
+                out_rest = o_next;
+                ov_rest = v_next;
+                taken += len;
+                first = last;
+            }
+            use rayon::prelude::*;
+            let (xs, probe, runs_all) = (&xs, &probe, &runs);
+            tasks
+                .into_par_iter()
+                .for_each(|(group, offset, o, mut ov)| {
+                    let (mut c, mut c32) = (TimeConstants::default(), new_c32());
+                    for &(start, end) in group {
+                        let i = runs_all.partition_point(|r| r.0 < start);
+                        constants(a[i], sigma[i], &mut c, &mut c32);
+                        let r = start * d..end * d;
+                        let local = r.start - offset..r.end - offset;
+                        let vv = match (probe, ov.as_deref_mut()) {
+                            (Some(pv), Some(ov)) => Some((&pv[r.clone()], &mut ov[local.clone()])),
+                            _ => None,
+                        };
+                        fast::points_dispatch(&xs[r], &mut o[local], vv, &c32);
+                    }
+                });
         }
         let to_t = |v: Vec<f32>| Tensor::from_vec(v, x.shape(), &Device::Cpu);
         let out_v = match out_v {

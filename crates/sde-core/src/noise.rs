@@ -211,14 +211,14 @@ fn max_threads() -> usize {
 }
 
 /// Runs `work(first_unit, chunk)` over `out`, cut into units of `per` values (the last one may
-/// be partial), on up to `threads` threads for large draws, each taking a contiguous run of
-/// whole units. Callers derive every value from its unit's index, so the result does not
+/// be partial), in up to `threads` chunks on rayon's pool for large draws, each a contiguous run
+/// of whole units. Callers derive every value from its unit's index, so the result does not
 /// depend on the thread count.
 fn fill_chunks<T: Send>(
     out: &mut [T],
     per: usize,
     threads: usize,
-    work: impl Fn(usize, &mut [T]) + Sync,
+    work: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
     const MIN_PER_THREAD: usize = 1 << 14;
     let per = per.max(1);
@@ -229,17 +229,10 @@ fn fill_chunks<T: Send>(
         return;
     }
     let units_per = units.div_ceil(threads);
-    std::thread::scope(|sc| {
-        let work = &work;
-        let mut chunks = out.chunks_mut(units_per * per).enumerate();
-        let first = chunks.next();
-        for (i, chunk) in chunks {
-            sc.spawn(move || work(i * units_per, chunk));
-        }
-        if let Some((_, chunk)) = first {
-            work(0, chunk);
-        }
-    });
+    use rayon::prelude::*;
+    out.par_chunks_mut(units_per * per)
+        .enumerate()
+        .for_each(|(i, chunk)| work(i * units_per, chunk));
 }
 
 impl NoiseSource for PerSampleNoise {

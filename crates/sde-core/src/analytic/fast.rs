@@ -201,8 +201,51 @@ fn points_d<const D: usize>(
     v: Option<(&[f32], &mut [f32])>,
     c: &Consts32,
 ) {
-    let (mut wide, mut wide_d) = (vec![[0.0f32; P]; c.k], vec![[0.0f32; P]; c.k]);
-    let (mut one, mut one_d) = (vec![[0.0f32; 1]; c.k], vec![[0.0f32; 1]; c.k]);
+    SCRATCH.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let s = &mut *guard;
+        s.resize(c.k);
+        points_d_with::<D>(x, out, v, c, s)
+    })
+}
+
+/// Per-thread scratch of the blocks (K rows of [`P`] and of 1 lanes, twice), reused across calls
+/// so that many short runs (per-sample times) allocate nothing.
+#[derive(Default)]
+struct Scratch {
+    wide: Vec<[f32; P]>,
+    wide_d: Vec<[f32; P]>,
+    one: Vec<[f32; 1]>,
+    one_d: Vec<[f32; 1]>,
+}
+
+impl Scratch {
+    fn resize(&mut self, k: usize) {
+        self.wide.resize(k, [0.0; P]);
+        self.wide_d.resize(k, [0.0; P]);
+        self.one.resize(k, [0.0; 1]);
+        self.one_d.resize(k, [0.0; 1]);
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+#[inline(always)]
+fn points_d_with<const D: usize>(
+    x: &[f32],
+    out: &mut [f32],
+    v: Option<(&[f32], &mut [f32])>,
+    c: &Consts32,
+    s: &mut Scratch,
+) {
+    let Scratch {
+        wide,
+        wide_d,
+        one,
+        one_d,
+    } = s;
     let (probe, mut out_v) = match v {
         Some((pv, ov)) => (Some(pv), Some(ov)),
         None => (None, None),
@@ -217,9 +260,9 @@ fn points_d<const D: usize>(
             _ => None,
         };
         if len == P {
-            block::<P, D>(&x[r.clone()], &mut out[r], vv, c, &mut wide, &mut wide_d);
+            block::<P, D>(&x[r.clone()], &mut out[r], vv, c, wide, wide_d);
         } else {
-            block::<1, D>(&x[r.clone()], &mut out[r], vv, c, &mut one, &mut one_d);
+            block::<1, D>(&x[r.clone()], &mut out[r], vv, c, one, one_d);
         }
         i += len;
     }
@@ -245,9 +288,14 @@ unsafe fn points_avx2(x: &[f32], out: &mut [f32], v: Option<(&[f32], &mut [f32])
     points(x, out, v, c)
 }
 
-/// Runtime dispatch: the AVX2 build of the same loops where the CPU has it, the baseline
-/// build otherwise (bit-identical results: no FMA contraction in either).
-fn points_dispatch(x: &[f32], out: &mut [f32], v: Option<(&[f32], &mut [f32])>, c: &Consts32) {
+/// The score (and vjp) of `x` at one time on the calling thread. Runtime dispatch: the AVX2
+/// build of the same loops where the CPU has it, the baseline build otherwise (bit-identical results: no FMA contraction in either).
+pub(super) fn points_dispatch(
+    x: &[f32],
+    out: &mut [f32],
+    v: Option<(&[f32], &mut [f32])>,
+    c: &Consts32,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -259,11 +307,12 @@ fn points_dispatch(x: &[f32], out: &mut [f32], v: Option<(&[f32], &mut [f32])>, 
     points(x, out, v, c)
 }
 
-/// Work below which a batch is not split over threads (spawning costs ~10 µs).
+/// Work below which a batch is not split over threads (handing a chunk to the pool costs a few µs).
 const MIN_WORK_PER_THREAD: usize = 1 << 15;
 
 /// The score of the points `x` (`[n, D]`, row-major) at one time into `out`, and with
-/// `v = Some((probe, out_vjp))` the vjp, on up to `available_parallelism` threads (at most 8).
+/// `v = Some((probe, out_vjp))` the vjp, in up to `available_parallelism` chunks (at most 8) on
+/// rayon's pool (spawning threads per call costs more than the work here).
 pub(super) fn score_run(x: &[f32], out: &mut [f32], v: Option<(&[f32], &mut [f32])>, c: &Consts32) {
     let n = x.len() / c.d.max(1);
     let work = n * c.k * c.d;
@@ -300,16 +349,10 @@ pub(super) fn score_run(x: &[f32], out: &mut [f32], v: Option<(&[f32], &mut [f32
             }
         }
     }
-    std::thread::scope(|sc| {
-        let mut it = parts.into_iter();
-        let first = it.next();
-        for (xc, oc, vc) in it {
-            sc.spawn(move || points_dispatch(xc, oc, vc, c));
-        }
-        if let Some((xc, oc, vc)) = first {
-            points_dispatch(xc, oc, vc, c);
-        }
-    });
+    use rayon::prelude::*;
+    parts
+        .into_par_iter()
+        .for_each(|(xc, oc, vc)| points_dispatch(xc, oc, vc, c));
 }
 
 #[cfg(test)]
