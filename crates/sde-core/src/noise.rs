@@ -235,26 +235,40 @@ fn fill_chunks<T: Send>(
         .for_each(|(i, chunk)| work(i * units_per, chunk));
 }
 
-impl NoiseSource for PerSampleNoise {
-    fn randn(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
-        self.draw(
-            shape,
-            device,
-            dtype,
-            |r| StandardNormal.sample(r),
-            |r| StandardNormal.sample(r),
-        )
-    }
-    fn rand_uniform(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
-        self.draw(
-            shape,
-            device,
-            dtype,
-            |r| r.random::<f32>(),
-            |r| r.random::<f64>(),
-        )
-    }
+/// `NoiseSource` for a host source whose method `$fill(shape, device, dtype, f32_value,
+/// f64_value)` draws every value from one of its streams: normals by the ziggurat method of
+/// `rand_distr`, uniforms by `rand`.
+macro_rules! stream_noise_source {
+    ($ty:ty, $fill:ident) => {
+        impl NoiseSource for $ty {
+            fn randn(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
+                self.$fill(
+                    shape,
+                    device,
+                    dtype,
+                    |r| StandardNormal.sample(r),
+                    |r| StandardNormal.sample(r),
+                )
+            }
+            fn rand_uniform(
+                &mut self,
+                shape: &Shape,
+                device: &Device,
+                dtype: DType,
+            ) -> Result<Tensor> {
+                self.$fill(
+                    shape,
+                    device,
+                    dtype,
+                    |r| r.random::<f32>(),
+                    |r| r.random::<f64>(),
+                )
+            }
+        }
+    };
 }
+
+stream_noise_source!(PerSampleNoise, draw);
 
 /// xoshiro256++ (Blackman & Vigna, 2018), seeded through SplitMix64: a small, fast generator
 /// with 256 bits of state, one independent stream per block of [`BlockNoise`].
@@ -390,26 +404,7 @@ impl BlockNoise {
     }
 }
 
-impl NoiseSource for BlockNoise {
-    fn randn(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
-        self.tensor(
-            shape,
-            device,
-            dtype,
-            |r| StandardNormal.sample(r),
-            |r| StandardNormal.sample(r),
-        )
-    }
-    fn rand_uniform(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
-        self.tensor(
-            shape,
-            device,
-            dtype,
-            |r| r.random::<f32>(),
-            |r| r.random::<f64>(),
-        )
-    }
-}
+stream_noise_source!(BlockNoise, tensor);
 
 /// The accelerator's own generator, seeded by the caller: the fastest source on CUDA/Metal.
 ///

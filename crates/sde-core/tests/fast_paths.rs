@@ -8,14 +8,8 @@ use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
 use sde_core::noise::{BlockNoise, NoiseSource};
 use sde_core::{time_tensor, ScoreFn, Sde, SubVpSde, VeSde, VpSde};
 
-fn host(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+mod common;
+use common::host;
 
 /// Kolmogorov–Smirnov distance between the sample `v` and the CDF `cdf`.
 fn ks(mut v: Vec<f64>, cdf: impl Fn(f64) -> f64) -> f64 {
