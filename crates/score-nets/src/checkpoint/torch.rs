@@ -275,14 +275,25 @@ impl TorchZip {
         let pkl = self
             .read_entry(&name)
             .map_err(|r| ckpt_err(&self.path, r))?;
-        let mut stack = Stack::empty();
-        let mut reader = std::io::BufReader::new(Cursor::new(pkl));
-        stack
-            .read_loop(&mut reader)
-            .map_err(|e| ckpt_err(&self.path, format!("cannot unpickle data.pkl: {e}")))?;
-        stack
-            .finalize()
-            .map_err(|e| ckpt_err(&self.path, format!("cannot unpickle data.pkl: {e}")))
+        // candle's unpickler can panic on damaged input (a LONG1 opcode of more than 8 bytes
+        // overflows its shift in builds with overflow checks): a panic there is a corrupt file.
+        let unpickled = std::panic::catch_unwind(move || {
+            let mut stack = Stack::empty();
+            let mut reader = std::io::BufReader::new(Cursor::new(pkl));
+            stack.read_loop(&mut reader)?;
+            stack.finalize()
+        });
+        match unpickled {
+            Ok(Ok(obj)) => Ok(obj),
+            Ok(Err(e)) => Err(ckpt_err(
+                &self.path,
+                format!("cannot unpickle data.pkl: {e}"),
+            )),
+            Err(_) => Err(ckpt_err(
+                &self.path,
+                "cannot unpickle data.pkl: the unpickler failed on malformed data".to_string(),
+            )),
+        }
     }
 
     fn storage(&mut self, key: &str) -> std::result::Result<std::sync::Arc<Vec<u8>>, String> {
