@@ -61,6 +61,35 @@ impl<T> SyncPtr<T> {
     }
 }
 
+/// Runs `per_image(dst_b, src_b, threads)` for the `b` images of `dst` (`dst_img` values each)
+/// and `src` (`src_img` each): the images spread over candle's pool, one thread each, when there
+/// are at least as many as threads; otherwise one after another, each with `threads` threads
+/// for its own GEMM.
+fn for_each_image<T: Send + Sync>(
+    dst: &mut [T],
+    dst_img: usize,
+    src: &[T],
+    src_img: usize,
+    b: usize,
+    threads: usize,
+    per_image: impl Fn(&mut [T], &[T], usize) + Sync,
+) {
+    if threads > 1 && b >= threads {
+        let out = SyncPtr(dst.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(b, |range| {
+            for bi in range {
+                // SAFETY: image bi owns dst[bi*dst_img .. (bi+1)*dst_img]
+                let db = unsafe { out.slice(bi * dst_img, dst_img) };
+                per_image(db, &src[bi * src_img..(bi + 1) * src_img], 1);
+            }
+        });
+    } else {
+        for (db, sb) in dst.chunks_exact_mut(dst_img).zip(src.chunks_exact(src_img)) {
+            per_image(db, sb, threads);
+        }
+    }
+}
+
 /// im2col of one image `x: [C, H, W]` into `cols: [C·kh·kw, Ho·Wo]` (row `(c·kh + u)·kw + v`).
 fn im2col_image<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
     let (ho, wo) = g.out_hw();
@@ -283,20 +312,7 @@ pub(crate) fn conv2d_input_grad<T: WithDType>(gy: &[T], w: &[T], g: &Geom) -> Ve
             });
         }
     };
-    if threads > 1 && g.b >= threads {
-        let out = SyncPtr(gx.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(g.b, |range| {
-            for bi in range {
-                // SAFETY: image bi owns gx[bi*in_img .. (bi+1)*in_img]
-                let gxb = unsafe { out.slice(bi * in_img, in_img) };
-                per_image(gxb, &gy[bi * out_img..(bi + 1) * out_img], 1);
-            }
-        });
-    } else {
-        for (gxb, gyb) in gx.chunks_exact_mut(in_img).zip(gy.chunks_exact(out_img)) {
-            per_image(gxb, gyb, threads);
-        }
-    }
+    for_each_image(&mut gx, in_img, gy, out_img, g.b, threads, per_image);
     gx
 }
 
@@ -374,19 +390,6 @@ pub(crate) fn conv2d<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geo
             });
         }
     };
-    if threads > 1 && g.b >= threads {
-        let out = SyncPtr(y.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(g.b, |range| {
-            for bi in range {
-                // SAFETY: image bi owns y[bi*out_img .. (bi+1)*out_img]
-                let yb = unsafe { out.slice(bi * out_img, out_img) };
-                per_image(yb, &x[bi * in_img..(bi + 1) * in_img], 1);
-            }
-        });
-    } else {
-        for (yb, xb) in y.chunks_exact_mut(out_img).zip(x.chunks_exact(in_img)) {
-            per_image(yb, xb, threads);
-        }
-    }
+    for_each_image(&mut y, out_img, x, in_img, g.b, threads, per_image);
     y
 }
