@@ -3,53 +3,18 @@
 //!
 //! Short profile: `cargo bench --bench nets` (sample size 10, ~2 s per case).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
-use score_nets::{init::seeded_var_builder, NcsnPp, NcsnPpConfig};
+use score_nets::{NcsnPp, NcsnPpConfig};
 
-/// Builds `cfg` with seeded init, then reloads its weights as constants (no parameter grads in
-/// the vjp, as in a likelihood evaluation).
 fn build(cfg: NcsnPpConfig) -> NcsnPp {
-    let dev = Device::Cpu;
-    let vm = candle_nn::VarMap::new();
-    NcsnPp::new(cfg.clone(), seeded_var_builder(&vm, 0, DType::F32, &dev)).unwrap();
-    let ts: HashMap<String, Tensor> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
-    NcsnPp::new(
-        cfg,
-        candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
-    )
-    .unwrap()
+    scoresde::report::bench_network(cfg).expect("network builds")
 }
 
 fn inputs(b: usize, positional: bool) -> (Tensor, Tensor) {
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let x = sde_core::noise::NoiseSource::randn(
-        &mut rng,
-        &(b, 3, 32, 32).into(),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
-    let l: Vec<f32> = (0..b)
-        .map(|i| {
-            if positional {
-                100.0 + 80.0 * i as f32
-            } else {
-                0.5 + i as f32
-            }
-        })
-        .collect();
-    (x, Tensor::new(l, &Device::Cpu).unwrap())
+    scoresde::report::bench_network_inputs(b, positional).expect("inputs")
 }
 
 fn vjp(net: &NcsnPp, x: &Tensor, l: &Tensor, v: &Tensor) -> Tensor {

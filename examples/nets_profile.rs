@@ -3,11 +3,10 @@
 //!
 //! `cargo run --release --example nets_profile -- <ncsnpp|ddpmpp> <fwd|vjp> <batch> <iters>`
 
-use std::collections::HashMap;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
-use score_nets::{init::seeded_var_builder, NcsnPp, NcsnPpConfig};
+use candle_core::Var;
+use score_nets::NcsnPpConfig;
 use scoresde::report::cpu_seconds;
 
 fn main() {
@@ -20,33 +19,8 @@ fn main() {
         "ddpmpp" => (NcsnPpConfig::cifar10_ddpmpp_continuous(), true),
         _ => (NcsnPpConfig::cifar10_ncsnpp_continuous(), false),
     };
-    let dev = Device::Cpu;
-    // seeded init, then the weights reloaded as constants (as in benches/nets.rs)
-    let vm = candle_nn::VarMap::new();
-    NcsnPp::new(cfg.clone(), seeded_var_builder(&vm, 0, DType::F32, &dev)).unwrap();
-    let ts: HashMap<String, Tensor> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
-    let model = NcsnPp::new(
-        cfg,
-        candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
-    )
-    .unwrap();
-    let x = Tensor::randn(0f32, 1.0, (b, 3, 32, 32), &dev).unwrap();
-    let l: Vec<f32> = (0..b)
-        .map(|i| {
-            if positional {
-                100.0 + 80.0 * i as f32
-            } else {
-                0.5 + i as f32
-            }
-        })
-        .collect();
-    let l = Tensor::new(l, &dev).unwrap();
+    let model = scoresde::report::bench_network(cfg).unwrap();
+    let (x, l) = scoresde::report::bench_network_inputs(b, positional).unwrap();
     let v = x.sin().unwrap();
     let run = || {
         if mode == "vjp" {

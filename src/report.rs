@@ -80,3 +80,46 @@ pub fn cpu_seconds() -> Option<f64> {
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
 }
+
+/// A CIFAR-10 preset with seeded initial weights reloaded as constants (no parameter
+/// gradients, as in a likelihood evaluation): what the network benches time.
+pub fn bench_network(cfg: score_nets::NcsnPpConfig) -> score_nets::Result<score_nets::NcsnPp> {
+    use candle_core::Device;
+    let dev = Device::Cpu;
+    let vm = candle_nn::VarMap::new();
+    score_nets::NcsnPp::new(
+        cfg.clone(),
+        score_nets::init::seeded_var_builder(&vm, 0, DType::F32, &dev),
+    )?;
+    let ts: std::collections::HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .map_err(|_| score_nets::Error::Input("poisoned VarMap lock".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    score_nets::NcsnPp::new(
+        cfg,
+        candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+    )
+}
+
+/// Seeded bench inputs of a 32x32 RGB network at batch `b`: x ~ N(0, I) and time labels
+/// (positional-embedding labels 100 + 80 i for DDPM++, σ-like labels 0.5 + i for NCSN++).
+pub fn bench_network_inputs(b: usize, positional: bool) -> sde_core::Result<(Tensor, Tensor)> {
+    use rand::SeedableRng;
+    let dev = candle_core::Device::Cpu;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let x =
+        sde_core::noise::NoiseSource::randn(&mut rng, &(b, 3, 32, 32).into(), &dev, DType::F32)?;
+    let l: Vec<f32> = (0..b)
+        .map(|i| {
+            if positional {
+                100.0 + 80.0 * i as f32
+            } else {
+                0.5 + i as f32
+            }
+        })
+        .collect();
+    Ok((x, Tensor::new(l, &dev)?))
+}

@@ -705,15 +705,11 @@ impl<S: Sde> GaussianMixtureScore<S> {
                 1
             };
             let per_group = b.div_ceil(threads);
-            type Task<'a> = (
-                &'a [(usize, usize)],
-                usize,
-                &'a mut [f32],
-                Option<&'a mut [f32]>,
-            );
+            // Each task: the runs first..last and their part of the outputs.
+            type Task<'a> = (usize, usize, &'a mut [f32], Option<&'a mut [f32]>);
             let mut tasks: Vec<Task> = Vec::new();
             let (mut out_rest, mut ov_rest) = (&mut out[..], out_v.as_deref_mut());
-            let (mut first, mut taken) = (0, 0);
+            let mut first = 0;
             while first < runs.len() {
                 let mut last = first;
                 while last < runs.len() && runs[last].1 - runs[first].0 <= per_group {
@@ -729,30 +725,28 @@ impl<S: Sde> GaussianMixtureScore<S> {
                     }
                     None => (None, None),
                 };
-                tasks.push((&runs[first..last], taken, o_now, v_now));
+                tasks.push((first, last, o_now, v_now));
                 out_rest = o_next;
                 ov_rest = v_next;
-                taken += len;
                 first = last;
             }
             use rayon::prelude::*;
-            let (xs, probe, runs_all) = (&xs, &probe, &runs);
-            tasks
-                .into_par_iter()
-                .for_each(|(group, offset, o, mut ov)| {
-                    let (mut c, mut c32) = (TimeConstants::default(), new_c32());
-                    for &(start, end) in group {
-                        let i = runs_all.partition_point(|r| r.0 < start);
-                        constants(a[i], sigma[i], &mut c, &mut c32);
-                        let r = start * d..end * d;
-                        let local = r.start - offset..r.end - offset;
-                        let vv = match (probe, ov.as_deref_mut()) {
-                            (Some(pv), Some(ov)) => Some((&pv[r.clone()], &mut ov[local.clone()])),
-                            _ => None,
-                        };
-                        fast::points_dispatch(&xs[r], &mut o[local], vv, &c32);
-                    }
-                });
+            let (xs, probe, runs) = (&xs, &probe, &runs);
+            tasks.into_par_iter().for_each(|(first, last, o, mut ov)| {
+                let (mut c, mut c32) = (TimeConstants::default(), new_c32());
+                let offset = runs[first].0 * d;
+                for i in first..last {
+                    let (start, end) = runs[i];
+                    constants(a[i], sigma[i], &mut c, &mut c32);
+                    let r = start * d..end * d;
+                    let local = r.start - offset..r.end - offset;
+                    let vv = match (probe, ov.as_deref_mut()) {
+                        (Some(pv), Some(ov)) => Some((&pv[r.clone()], &mut ov[local.clone()])),
+                        _ => None,
+                    };
+                    fast::points_dispatch(&xs[r], &mut o[local], vv, &c32);
+                }
+            });
         }
         let to_t = |v: Vec<f32>| Tensor::from_vec(v, x.shape(), &Device::Cpu);
         let out_v = match out_v {
