@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use crate::score::ScoreFn;
 use crate::sde::Sde;
-use crate::tensor::{expand_batch, to_host_f64};
+use crate::tensor::{expand_batch, to_host_f64, PerSample};
 
 mod fast;
 
@@ -569,10 +569,7 @@ impl<S: Sde> GaussianMixtureScore<S> {
         };
         // Split large batches over two threads (the work is independent per sample).
         let threads = if b * d * mix.n_components() >= 65_536 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(8)
+            crate::tensor::pool_threads()
         } else {
             1
         };
@@ -633,7 +630,7 @@ impl<S: Sde> GaussianMixtureScore<S> {
             return Ok(None);
         }
         let b = self.mixture.check_x(x)?;
-        let ts = crate::tensor::check_time(x, t, self.sde.t_end())?;
+        let times = PerSample::times(x, t, self.sde.t_end())?;
         let probe = match v {
             Some(v) if v.shape() != x.shape() => {
                 return Err(Error::ShapeMismatch {
@@ -645,17 +642,24 @@ impl<S: Sde> GaussianMixtureScore<S> {
             Some(v) => Some(v.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
             None => None,
         };
-        let mut runs = Vec::new();
-        let mut start = 0;
-        while start < b {
-            let mut end = start + 1;
-            while end < b && ts[end] == ts[start] {
-                end += 1;
+        let (runs, run_t) = match &times {
+            PerSample::Same(t0, _) if b > 0 => (vec![(0, b)], vec![*t0]),
+            PerSample::Same(..) => (Vec::new(), Vec::new()),
+            PerSample::Each(ts) => {
+                let mut runs = Vec::new();
+                let mut start = 0;
+                while start < b {
+                    let mut end = start + 1;
+                    while end < b && ts[end] == ts[start] {
+                        end += 1;
+                    }
+                    runs.push((start, end));
+                    start = end;
+                }
+                let run_t: Vec<f64> = runs.iter().map(|&(s, _)| ts[s]).collect();
+                (runs, run_t)
             }
-            runs.push((start, end));
-            start = end;
-        }
-        let run_t: Vec<f64> = runs.iter().map(|&(s, _)| ts[s]).collect();
+        };
         let (a, sigma) = if run_t.is_empty() {
             (Vec::new(), Vec::new())
         } else {
@@ -700,7 +704,7 @@ impl<S: Sde> GaussianMixtureScore<S> {
             // Several times (e.g. per-sample ODE steps): contiguous groups of runs, one per
             // thread, each run on its group's thread.
             let threads = if b * d * mix.n_components() >= 1 << 16 {
-                rayon::current_num_threads().clamp(1, 8)
+                crate::tensor::pool_threads()
             } else {
                 1
             };

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::noise::NoiseSource;
 use crate::reverse::ReverseSde;
 use crate::score::ScoreFn;
-use crate::tensor::{check_time, from_host_f64, to_host_f64};
+use crate::tensor::{to_host_f64, PerSample};
 
 /// A forward-time SDE  dx = f(x, t) dt + g(t) dw  on t ∈ [0, T], mirroring the reference's
 /// `sde_lib.SDE`.
@@ -249,19 +249,32 @@ pub enum LabelConvention {
 /// Discrete timestep index ⌊t (N − 1) / T⌋ (`(t * (N - 1) / T).long()`), computed in the
 /// precision of `t` so that float32 time grids give the reference's indices exactly.
 pub fn timestep_index(t: &Tensor, n: usize, t_end: f64) -> Result<Vec<usize>> {
-    let host = to_host_f64(t)?;
-    let scale = (n.saturating_sub(1)) as f64;
-    Ok(host
+    let dtype = t.dtype();
+    Ok(to_host_f64(t)?
         .iter()
-        .map(|&ti| {
-            let v = if t.dtype() == DType::F32 {
-                ((ti as f32) * (scale as f32) / (t_end as f32)) as f64
-            } else {
-                ti * scale / t_end
-            };
-            (v.max(0.0) as usize).min(n.saturating_sub(1))
-        })
+        .map(|&ti| step_index(ti, n, t_end, dtype))
         .collect())
+}
+
+/// [`timestep_index`] of one time `ti` held in `dtype`.
+pub(crate) fn step_index(ti: f64, n: usize, t_end: f64, dtype: DType) -> usize {
+    let scale = (n.saturating_sub(1)) as f64;
+    let v = if dtype == DType::F32 {
+        ((ti as f32) * (scale as f32) / (t_end as f32)) as f64
+    } else {
+        ti * scale / t_end
+    };
+    (v.max(0.0) as usize).min(n.saturating_sub(1))
+}
+
+/// The discrete indices of validated times `t` (held in `dtype`), per sample.
+pub(crate) fn step_indices(
+    t: &PerSample<f64>,
+    n: usize,
+    t_end: f64,
+    dtype: DType,
+) -> PerSample<usize> {
+    t.map(|ti| step_index(ti, n, t_end, dtype))
 }
 
 /// log N(z; 0, σ² I) per sample, summed over all non-batch dims:
@@ -275,54 +288,29 @@ pub fn standard_normal_logp(z: &Tensor, sigma: f64) -> Result<Tensor> {
 
 /// Per-sample coefficients computed on the host in f64 from validated times: `[B]` tensors on
 /// `t`'s device in `t`'s dtype. Used by the built-in SDEs for numerically careful formulas
-/// (`expm1`, `ln_1p`) that candle has no op for.
+/// (`expm1`, `ln_1p`) that candle has no op for. `f` runs once per run of equal times (once per
+/// call for a sampler's shared time).
 pub(crate) fn host_coeff(
     sde_t_end: f64,
     x: &Tensor,
     t: &Tensor,
     f: impl Fn(f64) -> f64,
 ) -> Result<Tensor> {
-    let host = check_time(x, t, sde_t_end)?;
-    from_host_f64(memoized(&host, f), t.device(), t.dtype())
+    PerSample::times(x, t, sde_t_end)?
+        .map(f)
+        .tensor(t.device(), t.dtype())
 }
 
-/// `f` over the times, evaluated once per run of equal times (samplers pass one t for the
-/// whole batch, so this is usually a single call).
-fn memoized<T: Copy>(t: &[f64], f: impl Fn(f64) -> T) -> Vec<T> {
-    let mut last: Option<(f64, T)> = None;
-    t.iter()
-        .map(|&ti| match last {
-            Some((tl, v)) if tl == ti => v,
-            _ => {
-                let v = f(ti);
-                last = Some((ti, v));
-                v
-            }
-        })
-        .collect()
-}
-
-/// Two coefficients at once (saves a host copy).
+/// Two coefficients at once (one pass over the times).
 pub(crate) fn host_coeff2(
     sde_t_end: f64,
     x: &Tensor,
     t: &Tensor,
     f: impl Fn(f64) -> (f64, f64),
 ) -> Result<(Tensor, Tensor)> {
-    let host = check_time(x, t, sde_t_end)?;
-    let (a, b): (Vec<f64>, Vec<f64>) = memoized(&host, f).into_iter().unzip();
+    let (a, b) = PerSample::times(x, t, sde_t_end)?.map(f).unzip();
     Ok((
-        from_host_f64(a, t.device(), t.dtype())?,
-        from_host_f64(b, t.device(), t.dtype())?,
+        a.tensor(t.device(), t.dtype())?,
+        b.tensor(t.device(), t.dtype())?,
     ))
-}
-
-/// Looks up `table[idx[b]]` for every sample: a `[B]` tensor for the table-based discretisations.
-pub(crate) fn table_lookup(
-    table: &[f64],
-    idx: &[usize],
-    device: &Device,
-    dtype: DType,
-) -> Result<Tensor> {
-    from_host_f64(idx.iter().map(|&i| table[i]).collect(), device, dtype)
 }

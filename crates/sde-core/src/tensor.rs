@@ -5,6 +5,14 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
+/// Threads a data-parallel host kernel may use: rayon's pool size, at most 8.
+///
+/// `std::thread::available_parallelism` reads cgroup files on every call (tens of µs, more than
+/// a whole sampler step of host work), so the kernels ask the pool instead.
+pub(crate) fn pool_threads() -> usize {
+    rayon::current_num_threads().clamp(1, 8)
+}
+
 /// Builds the time tensor `[t, t, …, t]` of shape `[batch]` (every sample at the same time).
 ///
 /// ```
@@ -14,7 +22,118 @@ use crate::error::{Error, Result};
 /// # Ok::<(), sde_core::Error>(())
 /// ```
 pub fn time_tensor(t: f64, batch: usize, device: &Device, dtype: DType) -> Result<Tensor> {
-    Ok(Tensor::full(t, batch, device)?.to_dtype(dtype)?)
+    Ok(match dtype {
+        // One allocation: filled in the target dtype (rounded as `to_dtype` rounds).
+        DType::F32 => Tensor::full(t as f32, batch, device)?,
+        DType::F64 => Tensor::full(t, batch, device)?,
+        _ => Tensor::full(t, batch, device)?.to_dtype(dtype)?,
+    })
+}
+
+/// Host values of a per-sample `[B]` quantity, kept as one value when every sample has the same
+/// one. Samplers pass one time for the whole batch, so per-sample coefficients are then computed
+/// once and broadcast instead of once per sample.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PerSample<T> {
+    /// The same value for all `B` samples: `Same(value, B)`.
+    Same(T, usize),
+    /// One value per sample.
+    Each(Vec<T>),
+}
+
+impl PerSample<f64> {
+    /// The host values of `t: [B]`, not validated. Contiguous float32 / float64 CPU tensors are
+    /// read in place (one vectorised comparison decides whether all values are equal).
+    pub(crate) fn read(t: &Tensor) -> Result<Self> {
+        fn same<T: Copy + PartialEq>(s: &[T], bits: impl Fn(T) -> u64) -> Option<T> {
+            let first = *s.first()?;
+            let b0 = bits(first);
+            // A fold without early exit: the compiler vectorises it.
+            s.iter()
+                .fold(true, |ok, &v| ok & (bits(v) == b0))
+                .then_some(first)
+        }
+        if t.device().is_cpu() {
+            let (storage, layout) = t.storage_and_layout();
+            if let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
+                (&*storage, layout.contiguous_offsets())
+            {
+                let n = b - a;
+                match t.dtype() {
+                    DType::F32 => {
+                        if let Some(v) = same(&cpu.as_slice::<f32>()?[a..b], |v| v.to_bits() as u64)
+                        {
+                            return Ok(Self::Same(v as f64, n));
+                        }
+                    }
+                    DType::F64 => {
+                        if let Some(v) = same(&cpu.as_slice::<f64>()?[a..b], f64::to_bits) {
+                            return Ok(Self::Same(v, n));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Self::Each(to_host_f64(t)?))
+    }
+
+    /// The times `t` for `x` ([`check_time`]'s checks: shape `[x.dim(0)]`, finite, in
+    /// `[0, T]`).
+    pub(crate) fn times(x: &Tensor, t: &Tensor, t_end: f64) -> Result<Self> {
+        check_time_shape(x, t)?;
+        let v = Self::read(t)?;
+        match &v {
+            Self::Same(ti, _) => check_time_values(std::slice::from_ref(ti), t_end)?,
+            Self::Each(host) => check_time_values(host, t_end)?,
+        }
+        Ok(v)
+    }
+
+    /// A `[B]` tensor of these values on `device` in `dtype`.
+    pub(crate) fn tensor(&self, device: &Device, dtype: DType) -> Result<Tensor> {
+        match self {
+            Self::Same(v, b) => time_tensor(*v, *b, device, dtype),
+            Self::Each(v) => from_host_f64(v.clone(), device, dtype),
+        }
+    }
+}
+
+impl<T: Copy + PartialEq> PerSample<T> {
+    /// `f` of every value, evaluated once per run of equal values.
+    pub(crate) fn map<U: Copy>(&self, f: impl Fn(T) -> U) -> PerSample<U> {
+        match self {
+            Self::Same(v, b) => PerSample::Same(f(*v), *b),
+            Self::Each(v) => {
+                let mut last: Option<(T, U)> = None;
+                PerSample::Each(
+                    v.iter()
+                        .map(|&vi| match last {
+                            Some((vl, u)) if vl == vi => u,
+                            _ => {
+                                let u = f(vi);
+                                last = Some((vi, u));
+                                u
+                            }
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
+impl<A: Copy, B: Copy> PerSample<(A, B)> {
+    /// Two per-sample quantities from pairs.
+    pub(crate) fn unzip(self) -> (PerSample<A>, PerSample<B>) {
+        match self {
+            Self::Same((a, b), n) => (PerSample::Same(a, n), PerSample::Same(b, n)),
+            Self::Each(v) => {
+                let (a, b) = v.into_iter().unzip();
+                (PerSample::Each(a), PerSample::Each(b))
+            }
+        }
+    }
 }
 
 /// Multiplies each sample of `x: [B, ...]` by the matching entry of `v: [B]`
@@ -102,6 +221,14 @@ pub fn ensure_finite(x: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
 
 /// Checks that `t` has shape `[x.dim(0)]`, and returns its host values.
 pub fn check_time(x: &Tensor, t: &Tensor, t_end: f64) -> Result<Vec<f64>> {
+    check_time_shape(x, t)?;
+    let host = to_host_f64(t)?;
+    check_time_values(&host, t_end)?;
+    Ok(host)
+}
+
+/// [`Error::TimeShape`] unless `t` has shape `[x.dim(0)]`.
+fn check_time_shape(x: &Tensor, t: &Tensor) -> Result<()> {
     let b = x.dim(0)?;
     if t.dims() != [b] {
         return Err(Error::TimeShape {
@@ -109,9 +236,7 @@ pub fn check_time(x: &Tensor, t: &Tensor, t_end: f64) -> Result<Vec<f64>> {
             got: t.shape().clone(),
         });
     }
-    let host = to_host_f64(t)?;
-    check_time_values(&host, t_end)?;
-    Ok(host)
+    Ok(())
 }
 
 /// Checks that every time lies in `[0, T]` and is finite.
@@ -127,4 +252,49 @@ pub fn check_time_values(t: &[f64], t_end: f64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A constant time tensor is read as one value, a varying one per sample; both give the same
+    /// coefficient tensors as the per-sample formula.
+    #[test]
+    fn per_sample_times_collapse_only_when_constant() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((4, 2), DType::F32, &dev)?;
+        let same = time_tensor(0.25, 4, &dev, DType::F32)?;
+        let varying = Tensor::new(&[0.25f32, 0.25, 0.5, 0.25], &dev)?;
+        let f = |t: f64| (t * 3.0).exp();
+        for (t, constant) in [(&same, true), (&varying, false)] {
+            for dtype in [DType::F32, DType::F64] {
+                let t = t.to_dtype(dtype)?;
+                let host = PerSample::times(&x, &t, 1.0)?;
+                assert_eq!(matches!(host, PerSample::Same(..)), constant);
+                let got = to_host_f64(&host.map(f).tensor(&dev, dtype)?)?;
+                let want = to_host_f64(&from_host_f64(
+                    to_host_f64(&t)?.into_iter().map(f).collect(),
+                    &dev,
+                    dtype,
+                )?)?;
+                assert_eq!(got, want);
+            }
+        }
+        // a strided view and an empty batch
+        let view = Tensor::new(&[[0.5f32, 0.1], [0.5, 0.2]], &dev)?.narrow(1, 0, 1)?;
+        let view = view.squeeze(1)?;
+        assert_eq!(PerSample::read(&view)?, PerSample::Each(vec![0.5, 0.5]));
+        let empty = Tensor::zeros(0, DType::F32, &dev)?;
+        assert_eq!(PerSample::read(&empty)?, PerSample::Each(vec![]));
+        // validation still names the bad time
+        let bad = Tensor::new(&[0.25f32, 2.0, 0.25, 0.25], &dev)?;
+        assert!(matches!(
+            PerSample::times(&x, &bad, 1.0),
+            Err(Error::TimeOutOfRange { index: 1, .. })
+        ));
+        let nan = time_tensor(f64::NAN, 4, &dev, DType::F32)?;
+        assert!(PerSample::times(&x, &nan, 1.0).is_err());
+        Ok(())
+    }
 }

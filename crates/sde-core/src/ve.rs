@@ -7,10 +7,9 @@ use candle_core::{DType, Device, Shape, Tensor};
 use crate::error::{check_param, Result};
 use crate::noise::NoiseSource;
 use crate::sde::{
-    host_coeff, host_coeff2, standard_normal_logp, timestep_index, AncestralSde, LabelConvention,
-    Sde,
+    host_coeff, host_coeff2, standard_normal_logp, step_indices, AncestralSde, LabelConvention, Sde,
 };
-use crate::tensor::{check_time, mul_batch};
+use crate::tensor::{mul_batch, PerSample};
 
 /// Variance-exploding SDE, mirrors `sde_lib.VESDE`:
 /// dx = σ(t) √(2 log(σ_max/σ_min)) dw,  σ(t) = σ_min (σ_max/σ_min)^t.
@@ -80,20 +79,17 @@ impl VeSde {
     fn g_factor(&self) -> f64 {
         (2.0 * (self.sigma_max / self.sigma_min).ln()).sqrt()
     }
-    /// σ_i and σ_{i−1} (0 for i = 0) at the discrete index of each time.
-    fn sigma_pair(&self, t: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
-        let idx = timestep_index(t, self.n, 1.0)?;
-        Ok(idx
-            .iter()
-            .map(|&i| {
-                let adj = if i == 0 {
-                    0.0
-                } else {
-                    self.discrete_sigmas[i - 1]
-                };
-                (self.discrete_sigmas[i], adj)
-            })
-            .unzip())
+    /// σ_i and σ_{i−1} (0 for i = 0) at the discrete index of each time (validated for `x`).
+    fn sigma_pair(&self, x: &Tensor, t: &Tensor) -> Result<PerSample<(f64, f64)>> {
+        let times = PerSample::times(x, t, 1.0)?;
+        Ok(step_indices(&times, self.n, 1.0, t.dtype()).map(|i| {
+            let adj = if i == 0 {
+                0.0
+            } else {
+                self.discrete_sigmas[i - 1]
+            };
+            (self.discrete_sigmas[i], adj)
+        }))
     }
 }
 
@@ -141,17 +137,11 @@ impl Sde for VeSde {
 
     /// SMLD chain: f_i = 0, G_i = √(σ_i² − σ_{i−1}²) with σ_{−1} = 0.
     fn discretize(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        check_time(x, t, 1.0)?;
-        let (s, adj) = self.sigma_pair(t)?;
-        let g: Vec<f64> = s
-            .iter()
-            .zip(&adj)
+        let g = self
+            .sigma_pair(x, t)?
             .map(|(s, a)| (s * s - a * a).sqrt())
-            .collect();
-        Ok((
-            x.zeros_like()?,
-            crate::tensor::from_host_f64(g, t.device(), t.dtype())?,
-        ))
+            .tensor(t.device(), t.dtype())?;
+        Ok((x.zeros_like()?, g))
     }
 
     fn marginal_coeffs(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -173,17 +163,14 @@ impl Sde for VeSde {
 
 impl AncestralSde for VeSde {
     fn ancestral_step(&self, x: &Tensor, t: &Tensor, score: &Tensor) -> Result<(Tensor, Tensor)> {
-        check_time(x, t, 1.0)?;
-        let (s, adj) = self.sigma_pair(t)?;
-        let (mut dv, mut std) = (Vec::with_capacity(s.len()), Vec::with_capacity(s.len()));
-        for (s, a) in s.iter().zip(&adj) {
-            let d = s * s - a * a;
-            dv.push(d);
-            std.push((a * a * d / (s * s)).sqrt());
-        }
-        let dv = crate::tensor::from_host_f64(dv, t.device(), x.dtype())?;
-        let x_mean = (x + mul_batch(&dv, score)?)?;
-        let std = crate::tensor::from_host_f64(std, t.device(), t.dtype())?;
-        Ok((x_mean, std))
+        let (dv, std) = self
+            .sigma_pair(x, t)?
+            .map(|(s, a)| {
+                let d = s * s - a * a;
+                (d, (a * a * d / (s * s)).sqrt())
+            })
+            .unzip();
+        let x_mean = (x + mul_batch(&dv.tensor(t.device(), x.dtype())?, score)?)?;
+        Ok((x_mean, std.tensor(t.device(), t.dtype())?))
     }
 }

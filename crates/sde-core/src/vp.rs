@@ -7,10 +7,9 @@ use candle_core::{DType, Device, Shape, Tensor};
 use crate::error::{check_param, Result};
 use crate::noise::NoiseSource;
 use crate::sde::{
-    host_coeff2, standard_normal_logp, table_lookup, timestep_index, AncestralSde, LabelConvention,
-    Sde,
+    host_coeff2, standard_normal_logp, step_indices, AncestralSde, LabelConvention, Sde,
 };
-use crate::tensor::{check_time, from_host_f64, mul_batch};
+use crate::tensor::{mul_batch, PerSample};
 
 /// The linear schedule β(t) = β_min + t (β_max − β_min) on [0, 1] and its DDPM discretisation
 /// β_i = linspace(β_min/N, β_max/N, N)_i, shared by [`VpSde`] and [`crate::SubVpSde`].
@@ -81,9 +80,9 @@ impl BetaSchedule {
 
     /// α_i = 1 − β_i at the discrete index of each time.
     pub fn alphas_at(&self, t: &Tensor) -> Result<Tensor> {
-        let idx = timestep_index(t, self.n, 1.0)?;
-        let alphas: Vec<f64> = self.discrete_betas.iter().map(|b| 1.0 - b).collect();
-        table_lookup(&alphas, &idx, t.device(), t.dtype())
+        step_indices(&PerSample::read(t)?, self.n, 1.0, t.dtype())
+            .map(|i| 1.0 - self.discrete_betas[i])
+            .tensor(t.device(), t.dtype())
     }
 }
 
@@ -152,13 +151,10 @@ impl VpSde {
             .map(|a| a.sqrt())
             .collect()
     }
-    fn betas_at(&self, x: &Tensor, t: &Tensor) -> Result<Vec<f64>> {
-        check_time(x, t, 1.0)?;
-        let idx = timestep_index(t, self.schedule.n, 1.0)?;
-        Ok(idx
-            .iter()
-            .map(|&i| self.schedule.discrete_betas[i])
-            .collect())
+    fn betas_at(&self, x: &Tensor, t: &Tensor) -> Result<PerSample<f64>> {
+        let times = PerSample::times(x, t, 1.0)?;
+        Ok(step_indices(&times, self.schedule.n, 1.0, t.dtype())
+            .map(|i| self.schedule.discrete_betas[i]))
     }
 }
 
@@ -206,16 +202,13 @@ impl Sde for VpSde {
 
     /// DDPM chain: f_i = (√(1 − β_i) − 1) x, G_i = √β_i.
     fn discretize(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let betas = self.betas_at(x, t)?;
-        let coef: Vec<f64> = betas
-            .iter()
-            .map(|b| (0.5 * (-b).ln_1p()).exp_m1())
-            .collect();
-        let g: Vec<f64> = betas.iter().map(|b| b.sqrt()).collect();
-        let coef = from_host_f64(coef, t.device(), t.dtype())?;
+        let (coef, g) = self
+            .betas_at(x, t)?
+            .map(|b| ((0.5 * (-b).ln_1p()).exp_m1(), b.sqrt()))
+            .unzip();
         Ok((
-            mul_batch(&coef, x)?,
-            from_host_f64(g, t.device(), t.dtype())?,
+            mul_batch(&coef.tensor(t.device(), t.dtype())?, x)?,
+            g.tensor(t.device(), t.dtype())?,
         ))
     }
 
@@ -252,15 +245,12 @@ impl VpSde {
 impl AncestralSde for VpSde {
     fn ancestral_step(&self, x: &Tensor, t: &Tensor, score: &Tensor) -> Result<(Tensor, Tensor)> {
         let betas = self.betas_at(x, t)?;
-        let inv: Vec<f64> = betas.iter().map(|b| 1.0 / (1.0 - b).sqrt()).collect();
-        let inv = from_host_f64(inv, t.device(), x.dtype())?;
-        let beta = from_host_f64(betas.clone(), t.device(), x.dtype())?;
+        let inv = betas
+            .map(|b| 1.0 / (1.0 - b).sqrt())
+            .tensor(t.device(), x.dtype())?;
+        let beta = betas.tensor(t.device(), x.dtype())?;
         let x_mean = mul_batch(&inv, &(x + mul_batch(&beta, score)?)?)?;
-        let std = from_host_f64(
-            betas.iter().map(|b| b.sqrt()).collect(),
-            t.device(),
-            t.dtype(),
-        )?;
+        let std = betas.map(f64::sqrt).tensor(t.device(), t.dtype())?;
         Ok((x_mean, std))
     }
 }

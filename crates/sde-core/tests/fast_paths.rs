@@ -71,7 +71,8 @@ fn block_noise_follows_the_standard_normal_and_uniform_laws() {
 
 #[test]
 fn block_noise_depends_on_the_seed_and_draw_only() {
-    let shape = Shape::from((9_000, 3)); // 27 000 values: 7 blocks, the last one partial
+    // 270 003 values: 66 blocks, the last one partial; large enough to be split over threads
+    let shape = Shape::from((90_001, 3));
     let draw = |threads: usize, seed: u64| {
         let mut s = BlockNoise::new(seed).with_threads(threads);
         let a = host(&s.randn(&shape, &Device::Cpu, DType::F32).unwrap());
@@ -119,7 +120,7 @@ fn check_f32_path(sde: impl Sde + Clone, name: &str) {
     .unwrap();
     let oracle = GaussianMixtureScore::new(sde.clone(), gmm.clone());
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-    // 40 003 points: split over threads, with a partial last block
+    // 40 003 points, with a partial last block
     let b = 40_003;
     let shape = Shape::from((b, 2));
     for t in [1e-5, 1e-3, 0.1, 0.5, 1.0] {
@@ -260,6 +261,40 @@ fn f32_score_of_a_point_does_not_depend_on_its_batch() {
             assert_eq!(host(&s1), host(&one(&s_all)), "score of point {i}");
             assert_eq!(host(&j1), host(&one(&j_all)), "vjp of point {i}");
         }
+    }
+}
+
+#[test]
+fn f32_score_does_not_depend_on_the_thread_count() {
+    let oracle = GaussianMixtureScore::new(
+        VeSde::default(),
+        GaussianMixture::ring(8, 4.0, 0.2).unwrap(),
+    );
+    // 100 003 points × 8 components × 2 dims: large enough to be split, a partial last chunk
+    let b = 100_003;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let x = (rng
+        .randn(&Shape::from((b, 2)), &Device::Cpu, DType::F32)
+        .unwrap()
+        * 3.0)
+        .unwrap();
+    let v = rng
+        .rademacher(&Shape::from((b, 2)), &Device::Cpu, DType::F32)
+        .unwrap();
+    let t = time_tensor(0.3, b, &Device::Cpu, DType::F32).unwrap();
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (s, j) = oracle.score_with_vjp(&x, &t, &v).unwrap();
+            (host(&s), host(&j))
+        })
+    };
+    let one = on(1);
+    for threads in [2, 3] {
+        assert!(on(threads) == one, "{threads} threads changed the score");
     }
 }
 

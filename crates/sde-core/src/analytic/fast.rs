@@ -91,21 +91,23 @@ fn block<const L: usize, const D: usize>(
     l: &mut [[f32; L]],
     dkv: &mut [[f32; L]],
 ) {
+    // Plain index loops over the components: iterator adapters (`step_by`, zipped chunks) were
+    // left as out-of-line calls inside the AVX2 build.
+    let k = c.k;
+    let (amu, inv_v, log_norm) = (&c.amu[..k * D], &c.inv_v[..k * D], &c.log_norm[..k]);
+    let (l, dkv) = (&mut l[..k], &mut dkv[..k]);
     let xs = load::<L, D>(x);
-    let (amu, inv_v) = (&c.amu[..c.k * D], &c.inv_v[..c.k * D]);
     let mut best = [f32::NEG_INFINITY; L];
-    for ((lk, &ck), (m, w)) in l
-        .iter_mut()
-        .zip(&c.log_norm)
-        .zip(amu.chunks_exact(D).zip(inv_v.chunks_exact(D)))
-    {
+    for kk in 0..k {
         let mut q = [0.0f32; L];
         for j in 0..D {
+            let (m, w) = (amu[kk * D + j], inv_v[kk * D + j]);
             for p in 0..L {
-                let e = xs[j][p] - m[j];
-                q[p] += e * e * w[j];
+                let e = xs[j][p] - m;
+                q[p] += e * e * w;
             }
         }
+        let (lk, ck) = (&mut l[kk], log_norm[kk]);
         for p in 0..L {
             lk[p] = ck - 0.5 * q[p];
             // a plain comparison (one vmaxps); NaN inputs still reach the output through x
@@ -134,20 +136,17 @@ fn block<const L: usize, const D: usize>(
     // One output row at a time, accumulated over the components in a one-dimensional array
     // (LLVM keeps that in registers; a [D][L] accumulator gets scalarised).
     let mut acc = [[0.0f32; L]; D];
-    for (j, (aj, xj)) in acc.iter_mut().zip(&xs).enumerate() {
+    for j in 0..D {
+        let xj = &xs[j];
         let mut a = [0.0f32; L];
-        for (lk, (&m, &w)) in l.iter().zip(
-            amu.iter()
-                .skip(j)
-                .step_by(D)
-                .zip(inv_v.iter().skip(j).step_by(D)),
-        ) {
+        for kk in 0..k {
+            let (m, w, lk) = (amu[kk * D + j], inv_v[kk * D + j], &l[kk]);
             for p in 0..L {
                 a[p] += lk[p] * w * (m - xj[p]);
             }
         }
         for p in 0..L {
-            aj[p] = a[p] * inv_z[p];
+            acc[j][p] = a[p] * inv_z[p];
         }
     }
     store::<L, D>(&acc, out);
@@ -156,17 +155,15 @@ fn block<const L: usize, const D: usize>(
     };
     let vs = load::<L, D>(v);
     // r_k ((s_k − s̄) · v) per component, then the rows of the product
-    for ((lk, dk), (m, w)) in l
-        .iter()
-        .zip(dkv.iter_mut())
-        .zip(amu.chunks_exact(D).zip(inv_v.chunks_exact(D)))
-    {
+    for kk in 0..k {
         let mut d = [0.0f32; L];
         for j in 0..D {
+            let (m, w) = (amu[kk * D + j], inv_v[kk * D + j]);
             for p in 0..L {
-                d[p] += ((m[j] - xs[j][p]) * w[j] - acc[j][p]) * vs[j][p];
+                d[p] += ((m - xs[j][p]) * w - acc[j][p]) * vs[j][p];
             }
         }
+        let (lk, dk) = (&l[kk], &mut dkv[kk]);
         for p in 0..L {
             dk[p] = lk[p] * inv_z[p] * d[p];
         }
@@ -175,12 +172,8 @@ fn block<const L: usize, const D: usize>(
     for j in 0..D {
         let (xj, sj, vj) = (&xs[j], &acc[j], &vs[j]);
         let mut a = [0.0f32; L];
-        for ((lk, dk), (&m, &w)) in l.iter().zip(dkv.iter()).zip(
-            amu.iter()
-                .skip(j)
-                .step_by(D)
-                .zip(inv_v.iter().skip(j).step_by(D)),
-        ) {
+        for kk in 0..k {
+            let (m, w, lk, dk) = (amu[kk * D + j], inv_v[kk * D + j], &l[kk], &dkv[kk]);
             for p in 0..L {
                 a[p] += ((m - xj[p]) * w - sj[p]) * dk[p] - lk[p] * inv_z[p] * vj[p] * w;
             }
@@ -188,25 +181,6 @@ fn block<const L: usize, const D: usize>(
         jv[j] = a;
     }
     store::<L, D>(&jv, out_v);
-}
-
-/// The score (and with `v`, the vjp) of every point of `x` (row-major `[n, D]`): blocks of
-/// [`P`] points, then the remaining points one at a time. Every lane runs the same sequence of
-/// float32 operations, so a point's result does not depend on the block it falls in (nor on
-/// the batch around it).
-#[inline(always)]
-fn points_d<const D: usize>(
-    x: &[f32],
-    out: &mut [f32],
-    v: Option<(&[f32], &mut [f32])>,
-    c: &Consts32,
-) {
-    SCRATCH.with(|cell| {
-        let mut guard = cell.borrow_mut();
-        let s = &mut *guard;
-        s.resize(c.k);
-        points_d_with::<D>(x, out, v, c, s)
-    })
 }
 
 /// Per-thread scratch of the blocks (K rows of [`P`] and of 1 lanes, twice), reused across calls
@@ -232,8 +206,12 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
+/// The score (and with `v`, the vjp) of every point of `x` (row-major `[n, D]`): blocks of
+/// [`P`] points, then the remaining points one at a time. Every lane runs the same sequence of
+/// float32 operations, so a point's result does not depend on the block it falls in (nor on
+/// the batch around it).
 #[inline(always)]
-fn points_d_with<const D: usize>(
+fn points_d<const D: usize>(
     x: &[f32],
     out: &mut [f32],
     v: Option<(&[f32], &mut [f32])>,
@@ -272,56 +250,60 @@ fn points_d_with<const D: usize>(
 pub(super) const MAX_DIM: usize = 4;
 
 #[inline(always)]
-fn points(x: &[f32], out: &mut [f32], v: Option<(&[f32], &mut [f32])>, c: &Consts32) {
+fn points(x: &[f32], out: &mut [f32], v: Probe, c: &Consts32, s: &mut Scratch) {
     match c.d {
-        1 => points_d::<1>(x, out, v, c),
-        2 => points_d::<2>(x, out, v, c),
-        3 => points_d::<3>(x, out, v, c),
-        4 => points_d::<4>(x, out, v, c),
+        1 => points_d::<1>(x, out, v, c, s),
+        2 => points_d::<2>(x, out, v, c, s),
+        3 => points_d::<3>(x, out, v, c, s),
+        4 => points_d::<4>(x, out, v, c, s),
         d => unreachable!("no float32 kernel for dimension {d} (callers check MAX_DIM)"),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn points_avx2(x: &[f32], out: &mut [f32], v: Option<(&[f32], &mut [f32])>, c: &Consts32) {
-    points(x, out, v, c)
+unsafe fn points_avx2(x: &[f32], out: &mut [f32], v: Probe, c: &Consts32, s: &mut Scratch) {
+    points(x, out, v, c, s)
 }
 
 /// The score (and vjp) of `x` at one time on the calling thread. Runtime dispatch: the AVX2
-/// build of the same loops where the CPU has it, the baseline build otherwise (bit-identical results: no FMA contraction in either).
-pub(super) fn points_dispatch(
-    x: &[f32],
-    out: &mut [f32],
-    v: Option<(&[f32], &mut [f32])>,
-    c: &Consts32,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked at run time).
-            unsafe { points_avx2(x, out, v, c) };
-            return;
+/// build of the same loops where the CPU has it, the baseline build otherwise (bit-identical
+/// results: no FMA contraction in either).
+///
+/// The thread-local scratch is taken here, outside the `avx2` function: the kernel is inlined
+/// into whatever calls it, and a closure passed to `LocalKey::with` would be compiled for the
+/// baseline target, not AVX2.
+pub(super) fn points_dispatch(x: &[f32], out: &mut [f32], v: Probe, c: &Consts32) {
+    SCRATCH.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let s = &mut *guard;
+        s.resize(c.k);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked at run time).
+                unsafe { points_avx2(x, out, v, c, s) };
+                return;
+            }
         }
-    }
-    points(x, out, v, c)
+        points(x, out, v, c, s)
+    })
 }
 
-/// Work below which a batch is not split over threads (handing a chunk to the pool costs a few µs).
-const MIN_WORK_PER_THREAD: usize = 1 << 15;
+/// Work (points × components × dimensions) a thread must get before a batch is split: about a
+/// quarter of a millisecond. Handing chunks to the pool costs wake-ups and cache moves, and a
+/// sampler makes two score calls per step; on a 2-vCPU machine a 10 000-point 2-D batch
+/// (160 000 units) ran slower on two threads than on one (`docs/performance-solvers.md`).
+const MIN_WORK_PER_THREAD: usize = 1 << 18;
 
 /// The score of the points `x` (`[n, D]`, row-major) at one time into `out`, and with
-/// `v = Some((probe, out_vjp))` the vjp, in up to `available_parallelism` chunks (at most 8) on
+/// `v = Some((probe, out_vjp))` the vjp, in up to `pool_threads` chunks (at most 8) on
 /// rayon's pool (spawning threads per call costs more than the work here).
 pub(super) fn score_run(x: &[f32], out: &mut [f32], v: Option<(&[f32], &mut [f32])>, c: &Consts32) {
     let n = x.len() / c.d.max(1);
     let work = n * c.k * c.d;
     let threads = if work >= 2 * MIN_WORK_PER_THREAD {
-        std::thread::available_parallelism()
-            .map(|t| t.get())
-            .unwrap_or(1)
-            .min(8)
-            .min(work / MIN_WORK_PER_THREAD)
+        crate::tensor::pool_threads().min(work / MIN_WORK_PER_THREAD)
     } else {
         1
     };
@@ -386,12 +368,14 @@ mod tests {
             .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37)
             .collect();
         let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-        points(&x, &mut a, None, &c);
+        let mut s = Scratch::default();
+        s.resize(c.k);
+        points(&x, &mut a, None, &c, &mut s);
         points_dispatch(&x, &mut b, None, &c);
         assert_eq!(a, b);
         let v: Vec<f32> = (0..x.len()).map(|i| (i % 5) as f32 - 2.0).collect();
         let (mut ja, mut jb) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-        points(&x, &mut a, Some((&v, &mut ja)), &c);
+        points(&x, &mut a, Some((&v, &mut ja)), &c, &mut s);
         points_dispatch(&x, &mut b, Some((&v, &mut jb)), &c);
         assert_eq!((a, ja), (b, jb));
     }

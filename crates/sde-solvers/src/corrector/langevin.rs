@@ -6,7 +6,7 @@ use sde_core::{ScoreFn, Sde};
 
 use super::{check_corrector_params, Corrector};
 use crate::error::Result;
-use crate::predictor::fused::{mean_norm, per_sample, Coeff, Terms};
+use crate::predictor::fused::{mean_norm, Coeff, Terms};
 use crate::predictor::Update;
 
 /// Langevin corrector (`LangevinCorrector`, Algorithms 4–5 of the paper): `n_steps_each` times,
@@ -43,7 +43,7 @@ impl<S: Sde + ?Sized> Corrector<S> for LangevinCorrector {
         t: &Tensor,
         noise: &mut N,
     ) -> Result<Update> {
-        let alpha = Coeff::from_vec(per_sample(&sde.langevin_alpha(t)?)?);
+        let alpha = Coeff::of(&sde.langevin_alpha(t)?)?;
         let mut up = Update {
             x: x.clone(),
             x_mean: x.clone(),

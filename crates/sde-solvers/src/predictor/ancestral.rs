@@ -4,7 +4,7 @@ use candle_core::Tensor;
 use sde_core::noise::{randn_like, NoiseSource};
 use sde_core::{AncestralSde, ScoreFn};
 
-use super::fused::{per_sample, Coeff, Terms};
+use super::fused::{Coeff, Terms};
 use super::{Predictor, Update};
 use crate::error::Result;
 
@@ -59,7 +59,7 @@ impl<S: AncestralSde + ?Sized> Predictor<S> for AncestralSamplingPredictor {
         let s = score.score(x, t)?;
         let (x_mean, std) = sde.ancestral_step(x, t, &s)?;
         let z = randn_like(x, noise)?;
-        let std = Coeff::from_vec(per_sample(&std)?);
+        let std = Coeff::of(&std)?;
         Terms {
             x: &x_mean,
             f: None,

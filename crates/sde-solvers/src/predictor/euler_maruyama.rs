@@ -4,7 +4,7 @@ use candle_core::Tensor;
 use sde_core::noise::{randn_like, NoiseSource};
 use sde_core::{ScoreFn, Sde};
 
-use super::fused::{per_sample, Coeff, Terms};
+use super::fused::{Coeff, Terms};
 use super::{Predictor, Update};
 use crate::error::Result;
 
@@ -43,7 +43,7 @@ impl<S: Sde + ?Sized> Predictor<S> for EulerMaruyamaPredictor {
         let s = score.score(x, t)?;
         let (f, g) = sde.sde(x, t)?;
         let w = if self.probability_flow { 0.5 } else { 1.0 };
-        let g = Coeff::from_vec(per_sample(&g)?);
+        let g = Coeff::of(&g)?;
         // x̄ = x − Δt f + w g² Δt s,  x = x̄ + g √Δt z
         let a = g.map(|g| w * g * g * dt);
         let c = g.map(|g| g * dt.sqrt());

@@ -11,20 +11,31 @@ use sde_core::{mul_batch, to_host_f64};
 use crate::error::Result;
 use crate::predictor::Update;
 
-/// Runs `f` on the contiguous host slice of `t` when it is a CPU tensor of dtype `T`.
-fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Option<R> {
-    if t.dtype() != T::DTYPE {
-        return None;
-    }
-    let (storage, layout) = t.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets()?;
-    match &*storage {
-        Storage::Cpu(cpu) => {
-            let s = cpu.as_slice::<T>().ok()?;
-            s.get(start..end).map(f)
-        }
+/// The contiguous host slice of a CPU tensor of dtype `T`, from its locked storage and layout
+/// (`Tensor::storage_and_layout`).
+fn slice_of<'g, T: WithDType, G: std::ops::Deref<Target = Storage>>(
+    locked: &'g (G, &candle_core::Layout),
+) -> Option<&'g [T]> {
+    let (start, end) = locked.1.contiguous_offsets()?;
+    match &*locked.0 {
+        Storage::Cpu(cpu) => cpu.as_slice::<T>().ok()?.get(start..end),
         _ => None,
     }
+}
+
+/// Runs `f` on the contiguous host slice of `t` when it is a CPU tensor of dtype `T`.
+fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Option<R> {
+    slice_of::<T, _>(&t.storage_and_layout()).map(f)
+}
+
+/// Whether every element of `s` has the bits of the first (a fold without early exit, so the
+/// compiler vectorises it).
+fn all_same<T: WithDType>(s: &[T], bits: impl Fn(T) -> u64) -> Option<T> {
+    let first = *s.first()?;
+    let b0 = bits(first);
+    s.iter()
+        .fold(true, |ok, &v| ok & (bits(v) == b0))
+        .then_some(first)
 }
 
 /// Host copy of a per-sample coefficient `[B]` (f64).
@@ -46,6 +57,18 @@ pub(crate) enum Coeff {
 }
 
 impl Coeff {
+    /// A per-sample coefficient tensor `[B]`; a constant one (a sampler's shared time) is read
+    /// as [`Coeff::Same`] without copying it.
+    pub(crate) fn of(v: &Tensor) -> Result<Self> {
+        if let Some(Some(c)) = with_slice::<f32, _>(v, |s| all_same(s, |x| x.to_bits() as u64)) {
+            return Ok(Coeff::Same(c as f64));
+        }
+        if let Some(Some(c)) = with_slice::<f64, _>(v, |s| all_same(s, f64::to_bits)) {
+            return Ok(Coeff::Same(c));
+        }
+        Ok(Self::from_vec(per_sample(v)?))
+    }
+
     /// From host values, collapsing a constant vector to [`Coeff::Same`].
     pub(crate) fn from_vec(v: Vec<f64>) -> Self {
         match v.first() {
@@ -122,6 +145,63 @@ impl Terms<'_> {
     }
 
     fn fused<T: WithDType>(&self) -> Result<Option<Update>> {
+        let same = |c: Option<&Coeff>| match c {
+            None => Some(0.0),
+            Some(Coeff::Same(v)) => Some(*v),
+            Some(Coeff::PerSample(_)) => None,
+        };
+        let (Some(a), Some(c)) = (same(self.s.map(|(_, c)| c)), same(self.z.map(|(_, c)| c)))
+        else {
+            return self.fused_per_sample::<T>();
+        };
+        // Shared coefficients (a sampler step): two passes, no zero-filled or copied buffers.
+        let (alpha, a, c) = (
+            T::from_f64(self.f.map_or(0.0, |(_, al)| al)),
+            T::from_f64(a),
+            T::from_f64(c),
+        );
+        let gx = self.x.storage_and_layout();
+        let gf = self.f.map(|(f, _)| f.storage_and_layout());
+        let gs = self.s.map(|(s, _)| s.storage_and_layout());
+        let gz = self.z.map(|(z, _)| z.storage_and_layout());
+        let Some(xs) = slice_of::<T, _>(&gx) else {
+            return Ok(None);
+        };
+        // `Some(None)`: the tensor is there but not a contiguous host slice of dtype T.
+        let (fs, ss, zs) = (
+            gf.as_ref().map(slice_of::<T, _>),
+            gs.as_ref().map(slice_of::<T, _>),
+            gz.as_ref().map(slice_of::<T, _>),
+        );
+        if [fs, ss, zs].contains(&Some(None)) {
+            return Ok(None);
+        }
+        let xm: Vec<T> = match (fs.flatten(), ss.flatten()) {
+            (Some(f), Some(s)) => xs
+                .iter()
+                .zip(f)
+                .zip(s)
+                .map(|((&x, &f), &s)| x + alpha * f + a * s)
+                .collect(),
+            (Some(f), None) => xs.iter().zip(f).map(|(&x, &f)| x + alpha * f).collect(),
+            (None, Some(s)) => xs.iter().zip(s).map(|(&x, &s)| x + a * s).collect(),
+            (None, None) => xs.to_vec(),
+        };
+        let xn: Option<Vec<T>> = zs
+            .flatten()
+            .map(|z| xm.iter().zip(z).map(|(&m, &z)| m + c * z).collect());
+        let shape = self.x.shape().clone();
+        let dev = self.x.device();
+        let x_mean = Tensor::from_vec(xm, shape.clone(), dev)?;
+        let x = match xn {
+            Some(v) => Tensor::from_vec(v, shape, dev)?,
+            None => x_mean.clone(),
+        };
+        Ok(Some(Update { x, x_mean }))
+    }
+
+    /// [`fused`](Self::fused) with per-sample coefficients.
+    fn fused_per_sample<T: WithDType>(&self) -> Result<Option<Update>> {
         let b = self.x.dim(0)?;
         let n = self.x.elem_count();
         let d = n.checked_div(b).unwrap_or(0);
@@ -200,19 +280,28 @@ pub(crate) fn mean_norm(v: &Tensor) -> Result<f64> {
         }
         acc.iter().sum::<f64>() / b as f64
     }
-    /// f32, two elements per sample (2-D points): a branch-free loop the compiler vectorizes.
+    /// f32, two elements per sample (2-D points): eight points per iteration in fixed lanes, a
+    /// branch-free loop the compiler vectorizes (de-interleaving with shuffles), summed in f64
+    /// per block of 1024 points.
     fn host_f32_d2(s: &[f32], b: usize) -> f64 {
-        let mut acc = [0.0f64; 8];
-        for blk in s.chunks(16 * 64) {
+        let mut total = 0.0f64;
+        for blk in s.chunks(2 * 1024) {
             let mut part = [0.0f32; 8];
-            for (i, c) in blk.chunks_exact(2).enumerate() {
-                part[i % 8] += (c[0] * c[0] + c[1] * c[1]).sqrt();
+            let mut eights = blk.chunks_exact(16);
+            for q in &mut eights {
+                for (j, p) in part.iter_mut().enumerate() {
+                    let (u, v) = (q[2 * j], q[2 * j + 1]);
+                    *p += (u * u + v * v).sqrt();
+                }
             }
-            for (a, p) in acc.iter_mut().zip(part) {
-                *a += p as f64;
-            }
+            let tail: f32 = eights
+                .remainder()
+                .chunks_exact(2)
+                .map(|c| (c[0] * c[0] + c[1] * c[1]).sqrt())
+                .sum();
+            total += part.iter().map(|&p| p as f64).sum::<f64>() + tail as f64;
         }
-        acc.iter().sum::<f64>() / b as f64
+        total / b as f64
     }
     if b > 0 {
         if d == 2 {
@@ -240,10 +329,24 @@ pub(crate) fn mean_norm(v: &Tensor) -> Result<f64> {
 
 /// Whether every element of `x` is finite (one pass on the CPU, tensor ops elsewhere).
 pub(crate) fn all_finite(x: &Tensor) -> Result<bool> {
-    if let Some(ok) = with_slice::<f32, _>(x, |s| s.iter().all(|v| v.is_finite())) {
+    // 0·v is 0 for finite v and NaN otherwise; the sum of those is NaN iff one is. Written as
+    // a fold without early exit over lanes of eight, so the compiler vectorises it.
+    fn host<T: WithDType>(s: &[T]) -> bool {
+        let zero = T::zero();
+        let mut acc = [zero; 8];
+        let mut chunks = s.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += zero * v;
+            }
+        }
+        let tail = chunks.remainder().iter().fold(zero, |a, &v| a + zero * v);
+        acc.iter().fold(tail, |a, &v| a + v).to_f64() == 0.0
+    }
+    if let Some(ok) = with_slice::<f32, _>(x, host) {
         return Ok(ok);
     }
-    if let Some(ok) = with_slice::<f64, _>(x, |s| s.iter().all(|v| v.is_finite())) {
+    if let Some(ok) = with_slice::<f64, _>(x, host) {
         return Ok(ok);
     }
     match sde_core::ensure_finite(x, String::new) {

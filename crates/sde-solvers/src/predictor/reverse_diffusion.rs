@@ -4,7 +4,7 @@ use candle_core::Tensor;
 use sde_core::noise::{randn_like, NoiseSource};
 use sde_core::{ScoreFn, Sde};
 
-use super::fused::{per_sample, Coeff, Terms};
+use super::fused::{Coeff, Terms};
 use super::{Predictor, Update};
 use crate::error::Result;
 
@@ -42,7 +42,7 @@ impl<S: Sde + ?Sized> Predictor<S> for ReverseDiffusionPredictor {
         let s = score.score(x, t)?;
         let w = if self.probability_flow { 0.5 } else { 1.0 };
         let z = randn_like(x, noise)?;
-        let g = Coeff::from_vec(per_sample(&g)?);
+        let g = Coeff::of(&g)?;
         // x̄ = x − f + w G² s,  x = x̄ + G z
         let a = g.map(|g| w * g * g);
         Terms {
