@@ -18,6 +18,8 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
 
+mod normal32;
+
 /// A source of the random tensors that samplers, losses and estimators draw.
 ///
 /// Implemented for every [`rand::Rng`] (draws on the host), for [`PerSampleNoise`] and for
@@ -234,40 +236,28 @@ fn fill_chunks<T: Send>(
         .for_each(|(i, chunk)| work(i * units_per, chunk));
 }
 
-/// `NoiseSource` for a host source whose method `$fill(shape, device, dtype, f32_value,
-/// f64_value)` draws every value from one of its streams: normals by the ziggurat method of
-/// `rand_distr`, uniforms by `rand`.
-macro_rules! stream_noise_source {
-    ($ty:ty, $fill:ident) => {
-        impl NoiseSource for $ty {
-            fn randn(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
-                self.$fill(
-                    shape,
-                    device,
-                    dtype,
-                    |r| StandardNormal.sample(r),
-                    |r| StandardNormal.sample(r),
-                )
-            }
-            fn rand_uniform(
-                &mut self,
-                shape: &Shape,
-                device: &Device,
-                dtype: DType,
-            ) -> Result<Tensor> {
-                self.$fill(
-                    shape,
-                    device,
-                    dtype,
-                    |r| r.random::<f32>(),
-                    |r| r.random::<f64>(),
-                )
-            }
-        }
-    };
+/// Normals by the ziggurat method of `rand_distr`, uniforms by `rand`, each sample from its own
+/// stream.
+impl NoiseSource for PerSampleNoise {
+    fn randn(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
+        self.draw(
+            shape,
+            device,
+            dtype,
+            |r| StandardNormal.sample(r),
+            |r| StandardNormal.sample(r),
+        )
+    }
+    fn rand_uniform(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
+        self.draw(
+            shape,
+            device,
+            dtype,
+            |r| r.random::<f32>(),
+            |r| r.random::<f64>(),
+        )
+    }
 }
-
-stream_noise_source!(PerSampleNoise, draw);
 
 /// xoshiro256++ (Blackman & Vigna, 2018), seeded through SplitMix64: a small, fast generator
 /// with 256 bits of state, one independent stream per block of [`BlockNoise`].
@@ -313,13 +303,16 @@ impl rand::RngCore for Xoshiro256PlusPlus {
 }
 
 /// The fast seeded host source: every call (a *draw*) is cut into blocks of
-/// [`BlockNoise::BLOCK`] values, block j of draw n comes from its own xoshiro256++ stream keyed
+/// [`BlockNoise::BLOCK`] values, block j of draw n comes from its own generator streams keyed
 /// by (seed, n, j), and large draws fill their blocks on several threads. The values depend on
 /// the seed and the sequence of calls only: the same on 1 or 16 threads.
 ///
-/// Normal draws use the ziggurat method of `rand_distr`. Use it on the CPU when speed matters
-/// (it is several times faster than a `StdRng`); use [`PerSampleNoise`] when a sample must not
-/// change with the batch size.
+/// Float32 normals (also f16 / bf16, converted) come from eight xoshiro128++ streams per block
+/// through a vectorised Box–Muller transform, z = √(−2 ln u₁) (cos θ, sin θ), exact in the
+/// tails out to 6.5 σ; float64 normals from the ziggurat method of `rand_distr` on one
+/// xoshiro256++ stream per block, uniforms from the same stream. Use it on the CPU when speed
+/// matters (float32 normals are about ten times faster than a `StdRng`'s); use
+/// [`PerSampleNoise`] when a sample must not change with the batch size.
 /// ```
 /// use candle_core::{DType, Device, Shape};
 /// use sde_core::noise::{BlockNoise, NoiseSource};
@@ -370,8 +363,7 @@ impl BlockNoise {
     ) {
         fill_chunks(out, Self::BLOCK, threads, |first, chunk| {
             for (j, blk) in chunk.chunks_mut(Self::BLOCK).enumerate() {
-                let stream = ((first + j) as u64).wrapping_mul(0xA24B_AED4_963E_E407);
-                let mut r = Xoshiro256PlusPlus::new(key ^ stream);
+                let mut r = Xoshiro256PlusPlus::new(Self::block_key(key, first + j));
                 for v in blk.iter_mut() {
                     *v = value(&mut r);
                 }
@@ -379,31 +371,54 @@ impl BlockNoise {
         });
     }
 
-    fn tensor(
-        &mut self,
-        shape: &Shape,
-        device: &Device,
-        dtype: DType,
-        f32_value: impl Fn(&mut Xoshiro256PlusPlus) -> f32 + Sync,
-        f64_value: impl Fn(&mut Xoshiro256PlusPlus) -> f64 + Sync,
-    ) -> Result<Tensor> {
+    /// The key of the next draw (and counts it).
+    fn next_key(&mut self) -> u64 {
         let key = self
             .seed
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add(self.draws.wrapping_mul(0xD1B5_4A32_D192_ED03));
         self.draws += 1;
-        let threads = self.threads;
+        key
+    }
+
+    /// The key of block `j` of the draw keyed `key`.
+    fn block_key(key: u64, j: usize) -> u64 {
+        key ^ (j as u64).wrapping_mul(0xA24B_AED4_963E_E407)
+    }
+}
+
+impl NoiseSource for BlockNoise {
+    /// Float32 (and f16 / bf16, converted): the vectorised Box–Muller kernel, eight
+    /// xoshiro128++ streams per block. Float64: the ziggurat method of `rand_distr` on one
+    /// xoshiro256++ stream per block.
+    fn randn(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
+        let (key, threads) = (self.next_key(), self.threads);
         host_tensor(
             shape,
             device,
             dtype,
-            |v| Self::fill(key, threads, v, f32_value),
-            |v| Self::fill(key, threads, v, f64_value),
+            |v| {
+                fill_chunks(v, Self::BLOCK, threads, |first, chunk| {
+                    for (j, blk) in chunk.chunks_mut(Self::BLOCK).enumerate() {
+                        normal32::block(Self::block_key(key, first + j), blk);
+                    }
+                })
+            },
+            |v| Self::fill(key, threads, v, |r| StandardNormal.sample(r)),
+        )
+    }
+
+    fn rand_uniform(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
+        let (key, threads) = (self.next_key(), self.threads);
+        host_tensor(
+            shape,
+            device,
+            dtype,
+            |v| Self::fill(key, threads, v, |r| r.random::<f32>()),
+            |v| Self::fill(key, threads, v, |r| r.random::<f64>()),
         )
     }
 }
-
-stream_noise_source!(BlockNoise, tensor);
 
 /// The accelerator's own generator, seeded by the caller: the fastest source on CUDA/Metal.
 ///

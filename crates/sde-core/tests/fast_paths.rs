@@ -70,6 +70,58 @@ fn block_noise_follows_the_standard_normal_and_uniform_laws() {
 }
 
 #[test]
+fn block_noise_float32_normals_have_normal_moments_tails_and_no_pair_structure() {
+    let n = 400_000;
+    let z = host(
+        &BlockNoise::new(12)
+            .randn(&Shape::from(n), &Device::Cpu, DType::F32)
+            .unwrap(),
+    );
+    let nf = n as f64;
+    let moment = |k: i32| z.iter().map(|v| v.powi(k)).sum::<f64>() / nf;
+    // E z³ = 0 (sd √(15/n)), E z⁴ = 3 (sd √(96/n)): 4 sd bounds
+    assert!(
+        moment(3).abs() < 4.0 * (15.0 / nf).sqrt(),
+        "skew {}",
+        moment(3)
+    );
+    assert!(
+        (moment(4) - 3.0).abs() < 4.0 * (96.0 / nf).sqrt(),
+        "kurtosis {}",
+        moment(4)
+    );
+    // P(|z| > 3) = 0.0026998 and P(|z| > 4) = 6.334e-5, within 4 sd of the binomial count
+    for (c, p) in [(3.0, 0.0026998), (4.0, 6.334e-5)] {
+        let got = z.iter().filter(|v| v.abs() > c).count() as f64 / nf;
+        assert!(
+            (got - p).abs() < 4.0 * (p * (1.0 - p) / nf).sqrt(),
+            "P(|z| > {c}) = {got}, want {p}"
+        );
+    }
+    // neighbours at the offsets the kernel pairs and lanes values (1, 8, 16) are uncorrelated
+    for lag in [1, 8, 16] {
+        let c = z.iter().zip(&z[lag..]).map(|(a, b)| a * b).sum::<f64>() / nf;
+        assert!(c.abs() < 4.0 / nf.sqrt(), "lag-{lag} correlation {c}");
+    }
+    // Box–Muller pairs (z[i], z[i + 8]) within a chunk of 16: r² ~ χ²₂, whose CDF is 1 − e^(−x/2)
+    let r2: Vec<f64> = z
+        .chunks_exact(16)
+        .flat_map(|c| (0..8).map(move |l| c[l] * c[l] + c[l + 8] * c[l + 8]))
+        .collect();
+    let m = r2.len() as f64;
+    let d = ks(r2, |x| 1.0 - (-x.max(0.0) / 2.0).exp());
+    assert!(d < 1.63 / m.sqrt(), "pair radius KS distance {d}");
+    // float64 normals (ziggurat) follow the law too
+    let z64 = host(
+        &BlockNoise::new(13)
+            .randn(&Shape::from(200_000), &Device::Cpu, DType::F64)
+            .unwrap(),
+    );
+    let d = ks(z64, normal_cdf);
+    assert!(d < 1.63 / (200_000f64).sqrt(), "f64 normal KS distance {d}");
+}
+
+#[test]
 fn block_noise_depends_on_the_seed_and_draw_only() {
     // 270 003 values: 66 blocks, the last one partial; large enough to be split over threads
     let shape = Shape::from((90_001, 3));
