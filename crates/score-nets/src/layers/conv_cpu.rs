@@ -44,12 +44,12 @@ impl Geom {
 
 /// A pointer shared by parallel workers that write disjoint ranges.
 #[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
+pub(super) struct SyncPtr<T>(pub(super) *mut T);
 unsafe impl<T> Send for SyncPtr<T> {}
 unsafe impl<T> Sync for SyncPtr<T> {}
 
 impl<T> SyncPtr<T> {
-    fn ptr(&self) -> *mut T {
+    pub(super) fn ptr(&self) -> *mut T {
         self.0
     }
 
@@ -65,7 +65,7 @@ impl<T> SyncPtr<T> {
 /// and `src` (`src_img` each): the images spread over candle's pool, one thread each, when there
 /// are at least as many as threads; otherwise one after another, each with `threads` threads
 /// for its own GEMM.
-fn for_each_image<T: Send + Sync>(
+pub(super) fn for_each_image<T: Send + Sync>(
     dst: &mut [T],
     dst_img: usize,
     src: &[T],
@@ -74,18 +74,40 @@ fn for_each_image<T: Send + Sync>(
     threads: usize,
     per_image: impl Fn(&mut [T], &[T], usize) + Sync,
 ) {
+    assert!(
+        dst.len() >= b * dst_img,
+        "for_each_image: destination too short"
+    );
+    let out = SyncPtr(dst.as_mut_ptr());
+    for_each_image_ptr(out, dst_img, src, src_img, b, threads, |db, sb, t| {
+        // SAFETY: image bi owns dst[bi*dst_img .. (bi+1)*dst_img], initialised (dst is a slice)
+        per_image(unsafe { db.slice(0, dst_img) }, sb, t)
+    });
+}
+
+/// [`for_each_image`] writing through a pointer: `per_image(dst_b, src_b, threads)` gets the
+/// first element of image b's `dst_img` values. The destination may be uninitialised memory
+/// that `per_image` fills (it must write every value it is given before anyone reads them).
+pub(super) fn for_each_image_ptr<T: Send + Sync>(
+    dst: SyncPtr<T>,
+    dst_img: usize,
+    src: &[T],
+    src_img: usize,
+    b: usize,
+    threads: usize,
+    per_image: impl Fn(SyncPtr<T>, &[T], usize) + Sync,
+) {
+    // SAFETY (both branches): the caller gives b images of dst_img values at dst.
+    let image = |bi: usize| SyncPtr(unsafe { dst.ptr().add(bi * dst_img) });
     if threads > 1 && b >= threads {
-        let out = SyncPtr(dst.as_mut_ptr());
         candle_core::utils::barrier_pool().execute_chunked(b, |range| {
             for bi in range {
-                // SAFETY: image bi owns dst[bi*dst_img .. (bi+1)*dst_img]
-                let db = unsafe { out.slice(bi * dst_img, dst_img) };
-                per_image(db, &src[bi * src_img..(bi + 1) * src_img], 1);
+                per_image(image(bi), &src[bi * src_img..(bi + 1) * src_img], 1);
             }
         });
     } else {
-        for (db, sb) in dst.chunks_exact_mut(dst_img).zip(src.chunks_exact(src_img)) {
-            per_image(db, sb, threads);
+        for bi in 0..b {
+            per_image(image(bi), &src[bi * src_img..(bi + 1) * src_img], threads);
         }
     }
 }
@@ -141,8 +163,8 @@ fn gemm_on_rayon() -> bool {
     *ON.get_or_init(|| std::env::var("SCORE_NETS_GEMM_RAYON").is_ok_and(|v| v == "1"))
 }
 
-/// `dst[m, n] = lhs[m, k] · rhs[k, n]` (plus `dst` when `read_dst`), `dst` and `rhs` row-major
-/// with row stride `n`, `lhs` given by its row and column strides. With `threads > 1` the columns
+/// `dst[m, n] = lhs[m, k] · rhs[k, n]` (plus `dst` when `read_dst`), `dst` row-major with row
+/// stride `n`, `lhs` and `rhs` given as (pointer, row stride, column stride). With `threads > 1` the columns
 /// are split among candle's CPU pool threads, each running a single-threaded GEMM: the crate's
 /// kernels then use one thread pool (gemm's own parallelism runs on rayon's pool, whose idle
 /// threads compete with candle's spinning ones on a busy machine).
@@ -151,14 +173,14 @@ fn gemm_on_rayon() -> bool {
 /// The pointers must address matrices of the given sizes and strides; `dst` must not alias the
 /// operands; `T` must be f32 or f64.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_cols<T: WithDType>(
+pub(super) unsafe fn gemm_cols<T: WithDType>(
     m: usize,
     n: usize,
     k: usize,
     dst: *mut T,
     read_dst: bool,
     lhs: (*const T, isize, isize),
-    rhs: *const T,
+    rhs: (*const T, isize, isize),
     threads: usize,
 ) {
     let one = |c0: usize, c1: usize, par: gemm::Parallelism| {
@@ -173,9 +195,9 @@ unsafe fn gemm_cols<T: WithDType>(
             lhs.0,
             lhs.2,
             lhs.1,
-            rhs.add(c0),
-            1,
-            n as isize,
+            rhs.0.offset(c0 as isize * rhs.2),
+            rhs.2,
+            rhs.1,
             if read_dst { T::one() } else { T::zero() },
             T::one(),
             false,
@@ -195,10 +217,10 @@ unsafe fn gemm_cols<T: WithDType>(
     // execute_chunked runs inline when called from a pool thread (no nested pool call)
     let blocks = pool.n_workers() + 1;
     let per = n.div_ceil(16).div_ceil(blocks) * 16;
-    let (dst, lhs0, rhs) = (
+    let (dst, lhs0, rhs0) = (
         SyncPtr(dst),
         SyncPtr(lhs.0 as *mut T),
-        SyncPtr(rhs as *mut T),
+        SyncPtr(rhs.0 as *mut T),
     );
     pool.execute_chunked(blocks, |range| {
         for tid in range {
@@ -217,9 +239,9 @@ unsafe fn gemm_cols<T: WithDType>(
                 lhs0.ptr(),
                 lhs.2,
                 lhs.1,
-                rhs.ptr().add(c0),
-                1,
-                n as isize,
+                rhs0.ptr().offset(c0 as isize * rhs.2),
+                rhs.2,
+                rhs.1,
                 if read_dst { T::one() } else { T::zero() },
                 T::one(),
                 false,
@@ -278,7 +300,18 @@ fn col2im_image<T: WithDType>(cols: &[T], g: &Geom, gx: &mut [T]) {
 /// `gx: [B, C, H, W]`, per image $\mathrm{col2im}(W^\top g_y)$ with $W$ the `[O, C·kh·kw]`
 /// kernel matrix, read transposed in place by the GEMM (no flipped copy of the kernel, and no
 /// multiply-adds on the zeros a dilated gradient would hold for strided convolutions).
+///
+/// Geometries of [`super::winograd`] take its path (the gradient is a convolution there too).
 pub(crate) fn conv2d_input_grad<T: WithDType>(gy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    if super::winograd::applies(g) {
+        super::winograd::conv3x3_input_grad(gy, w, g)
+    } else {
+        conv2d_input_grad_gemm(gy, w, g)
+    }
+}
+
+/// [`conv2d_input_grad`] by per-image GEMM + col2im (any geometry).
+pub(super) fn conv2d_input_grad_gemm<T: WithDType>(gy: &[T], w: &[T], g: &Geom) -> Vec<T> {
     let (ho, wo) = g.out_hw();
     let n = ho * wo;
     let k = g.c * g.kh * g.kw;
@@ -298,7 +331,7 @@ pub(crate) fn conv2d_input_grad<T: WithDType>(gy: &[T], w: &[T], g: &Geom) -> Ve
                     dst.as_mut_ptr(),
                     false,
                     (w.as_ptr(), 1, k as isize),
-                    gyb.as_ptr(),
+                    (gyb.as_ptr(), n as isize, 1),
                     threads,
                 )
             }
@@ -342,7 +375,7 @@ fn gemm_bias<T: WithDType>(
             dst.as_mut_ptr(),
             bias.is_some(),
             (lhs.as_ptr(), k as isize, 1),
-            rhs.as_ptr(),
+            (rhs.as_ptr(), n as isize, 1),
             threads,
         )
     }
@@ -356,7 +389,7 @@ thread_local! {
 
 /// Runs `f` with this thread's im2col buffer viewed as `len` elements of `T` (contents
 /// unspecified; `im2col_image` writes every element).
-fn with_cols<T: WithDType, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+pub(super) fn with_cols<T: WithDType, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     assert!(std::mem::size_of::<T>() <= 8 && std::mem::align_of::<T>() <= 8);
     COLS.with(|c| {
         let mut c = c.borrow_mut();
@@ -373,7 +406,18 @@ fn with_cols<T: WithDType, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
 
 /// `y = conv(x, w) + bias`: `x: [B, C, H, W]`, `w: [O, C, kh, kw]` (row-major slices), `bias`
 /// `[O]` → `y: [B, O, Ho, Wo]`.
+/// 3x3 stride-1 padding-1 convolutions of images of 8x8 and more go through Winograd's
+/// F(2x2, 3x3) ([`super::winograd`]), the others through im2col + GEMM.
 pub(crate) fn conv2d<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    if super::winograd::applies(g) {
+        super::winograd::conv3x3(x, w, bias, g)
+    } else {
+        conv2d_gemm(x, w, bias, g)
+    }
+}
+
+/// [`conv2d`] by per-image im2col + GEMM (any geometry).
+pub(super) fn conv2d_gemm<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
     let (ho, wo) = g.out_hw();
     let n = ho * wo;
     let k = g.c * g.kh * g.kw;

@@ -17,6 +17,7 @@ pub mod fir;
 pub mod norm;
 mod resample;
 mod resnet;
+mod winograd;
 
 pub use attn::*;
 pub use combine::*;
