@@ -2,14 +2,23 @@
 //! `Upsample`); every GroupNorm has a fixed 32 groups.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use crate::error::Result;
+use crate::layers::norm::GroupNorm;
 use crate::layers::{dense, dropout, softmax_last, Activation, Conv2d, Nin};
 
-/// `nn.GroupNorm(32, C, eps = 1e-6)`, the normalisation of every DDPM block.
+/// `nn.GroupNorm(32, C, eps = 1e-6)`, the normalisation of every DDPM block: `weight` (init 1)
+/// and `bias` (init 0) of shape `[C]`, run as the fused CPU kernel of [`GroupNorm`].
 pub(super) fn group_norm32(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    Ok(candle_nn::group_norm(32, channels, 1e-6, vb)?)
+    if channels == 0 || !channels.is_multiple_of(32) {
+        return Err(crate::Error::Config(format!(
+            "DDPM GroupNorm has 32 groups: the channel count must be a positive multiple of 32, got {channels}"
+        )));
+    }
+    let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?;
+    let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.0))?;
+    GroupNorm::new(weight, bias, 32, 1e-6)
 }
 
 pub(super) type Rng<'a> = Option<&'a mut dyn rand::RngCore>;
@@ -67,13 +76,13 @@ impl ResnetBlock {
         p: f64,
         rng: Rng<'_>,
     ) -> Result<Tensor> {
-        let h = act.apply(&self.group_norm_0.forward(x)?)?;
+        let h = self.group_norm_0.forward_act(x, act)?;
         let mut h = self.conv_0.forward(&h)?;
         if let Some(t) = temb {
             let e = self.dense_0.forward(&act.apply(t)?)?;
             h = h.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?;
         }
-        let h = act.apply(&self.group_norm_1.forward(&h)?)?;
+        let h = self.group_norm_1.forward_act(&h, act)?;
         let h = dropout(&h, p, rng)?;
         let h = self.conv_1.forward(&h)?;
         let x = match &self.nin_0 {

@@ -10,12 +10,13 @@ pub use config::DdpmConfig;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use rand::SeedableRng;
 
 use blocks::{group_norm32, reborrow, AttnBlock, Downsample, ResnetBlock, Rng, Upsample};
 
 use crate::error::{Error, Result};
+use crate::layers::norm::GroupNorm;
 use crate::layers::{dense, get_timestep_embedding, Conv2d};
 
 #[derive(Debug, Clone)]
