@@ -238,12 +238,25 @@ impl Adam {
             None
         };
         let grad_norm = match &host_grads {
-            Some(hg) => hg
-                .iter()
-                .flat_map(|g| g.iter())
-                .map(|&x| (x as f64) * (x as f64))
-                .sum::<f64>()
-                .sqrt(),
+            // eight independent f64 partial sums: one long dependency chain of 60M adds was
+            // a tenth of a second for DDPM++
+            Some(hg) => {
+                let mut acc = [0.0f64; 8];
+                for g in hg {
+                    let mut it = g.chunks_exact(8);
+                    for q in &mut it {
+                        for (a, &x) in acc.iter_mut().zip(q) {
+                            *a += (x as f64) * (x as f64);
+                        }
+                    }
+                    acc[0] += it
+                        .remainder()
+                        .iter()
+                        .map(|&x| (x as f64) * (x as f64))
+                        .sum::<f64>();
+                }
+                acc.iter().sum::<f64>().sqrt()
+            }
             None => Self::global_norm(grads)?,
         };
         if !grad_norm.is_finite() {

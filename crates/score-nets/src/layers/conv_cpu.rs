@@ -437,3 +437,71 @@ pub(super) fn conv2d_gemm<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g:
     for_each_image(&mut y, out_img, x, in_img, g.b, threads, per_image);
     y
 }
+
+/// The kernel gradient of [`conv2d`]: `x: [B, C, H, W]`, `gy: [B, O, Ho, Wo]` →
+/// `gw: [O, C, kh, kw]` = Σ_b gy_b · im2col(x_b)ᵀ (`[O, N] · [N, C·kh·kw]`), the im2col matrix
+/// read transposed in place by the GEMM. With at least as many images as threads, each pool
+/// thread accumulates its share of the images into its own `[O, C·kh·kw]` sum (then the sums
+/// are added); otherwise the images go in turn, each GEMM's columns split among the threads.
+pub(crate) fn conv2d_kernel_grad<T: WithDType>(x: &[T], gy: &[T], g: &Geom) -> Vec<T> {
+    let (ho, wo) = g.out_hw();
+    let n = ho * wo;
+    let k = g.c * g.kh * g.kw;
+    let (in_img, out_img, size) = (g.c * g.h * g.w, g.o * n, g.o * k);
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let parts = if threads > 1 && g.b >= threads {
+        threads
+    } else {
+        1
+    };
+    let per = g.b.div_ceil(parts);
+    let mut acc = vec![T::zero(); parts * size];
+    let accumulate = |dst: SyncPtr<T>, images: std::ops::Range<usize>, threads: usize| {
+        for (i, bi) in images.enumerate() {
+            let gyb = &gy[bi * out_img..(bi + 1) * out_img];
+            let xb = &x[bi * in_img..(bi + 1) * in_img];
+            // dst[O, K] (+)= gy_b[O, N] · cols[K, N]ᵀ; cols read with row stride 1, column stride N
+            // SAFETY: dst is O x K (this caller's part), gyb O x N, cols K x N; T is f32 or f64.
+            let run = |cols: &[T]| unsafe {
+                gemm_cols(
+                    g.o,
+                    k,
+                    n,
+                    dst.ptr(),
+                    i > 0,
+                    (gyb.as_ptr(), n as isize, 1),
+                    (cols.as_ptr(), 1, n as isize),
+                    threads,
+                )
+            };
+            if g.direct() {
+                run(xb);
+            } else {
+                with_cols(k * n, |cols: &mut [T]| {
+                    im2col_image(xb, g, cols);
+                    run(cols);
+                });
+            }
+        }
+    };
+    let acc_ptr = SyncPtr(acc.as_mut_ptr());
+    if parts == 1 {
+        accumulate(acc_ptr, 0..g.b, threads);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(parts, |range| {
+            for t in range {
+                // SAFETY: part t owns acc[t·size .. (t+1)·size]
+                let dst = SyncPtr(unsafe { acc_ptr.ptr().add(t * size) });
+                accumulate(dst, (t * per).min(g.b)..((t + 1) * per).min(g.b), 1);
+            }
+        });
+    }
+    let (sum, rest) = acc.split_at_mut(size);
+    for part in rest.chunks_exact(size) {
+        for (a, &v) in sum.iter_mut().zip(part) {
+            *a += v;
+        }
+    }
+    acc.truncate(size);
+    acc
+}
