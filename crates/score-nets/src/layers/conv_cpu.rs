@@ -156,6 +156,14 @@ fn im2col_image<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
     }
 }
 
+/// Candle's CPU thread count (`candle_core::utils::get_num_threads`), read once: that function
+/// parses `/proc/cpuinfo` on every call, and the convolutions asked for it several times each
+/// (about a tenth of a batch-1 forward). Candle's pool itself is sized once per process too.
+pub(super) fn num_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| candle_core::utils::get_num_threads().max(1))
+}
+
 /// `SCORE_NETS_GEMM_RAYON=1` selects gemm's own (rayon) parallelism for the one-image GEMMs
 /// instead of the column split on candle's pool, for comparisons on an idle machine.
 fn gemm_on_rayon() -> bool {
@@ -317,7 +325,7 @@ pub(super) fn conv2d_input_grad_gemm<T: WithDType>(gy: &[T], w: &[T], g: &Geom) 
     let k = g.c * g.kh * g.kw;
     let (in_img, out_img) = (g.c * g.h * g.w, g.o * n);
     let mut gx = vec![T::zero(); g.b * in_img];
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = num_threads();
     let per_image = |gxb: &mut [T], gyb: &[T], threads: usize| {
         let direct = g.direct();
         let run = |dst: &mut [T]| {
@@ -423,7 +431,7 @@ pub(super) fn conv2d_gemm<T: WithDType>(x: &[T], w: &[T], bias: Option<&[T]>, g:
     let k = g.c * g.kh * g.kw;
     let (in_img, out_img) = (g.c * g.h * g.w, g.o * n);
     let mut y = vec![T::zero(); g.b * out_img];
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = num_threads();
     let per_image = |yb: &mut [T], xb: &[T], threads: usize| {
         if g.direct() {
             gemm_bias(yb, w, xb, bias, g.o, n, k, threads);
@@ -448,7 +456,7 @@ pub(crate) fn conv2d_kernel_grad<T: WithDType>(x: &[T], gy: &[T], g: &Geom) -> V
     let n = ho * wo;
     let k = g.c * g.kh * g.kw;
     let (in_img, out_img, size) = (g.c * g.h * g.w, g.o * n, g.o * k);
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = num_threads();
     let parts = if threads > 1 && g.b >= threads {
         threads
     } else {

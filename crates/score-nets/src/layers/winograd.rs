@@ -22,7 +22,7 @@
 
 use candle_core::WithDType;
 
-use super::conv_cpu::{for_each_image_ptr, gemm_cols, with_cols, Geom, SyncPtr};
+use super::conv_cpu::{for_each_image_ptr, gemm_cols, num_threads, with_cols, Geom, SyncPtr};
 
 /// Tile positions of F(2x2, 3x3): 4x4.
 const XI: usize = 16;
@@ -61,10 +61,13 @@ fn kernel_matrix<T: WithDType>() -> [T; XI * 9] {
 fn kernel_transform<T: WithDType>(w: &[T], o: usize, c: usize) -> Vec<T> {
     let n = o * c;
     let k = kernel_matrix::<T>();
-    let mut u = vec![T::zero(); XI * n];
-    let threads = candle_core::utils::get_num_threads().max(1);
-    // SAFETY: u is 16 x n row-major, k is 16 x 9 row-major, w read as the 9 x n matrix with
-    // row stride 1 and column stride 9 (w holds n kernels of 9 values); T is f32 or f64.
+    // Not zero-filled (a serial pass of up to 16 O C values): the GEMM, which does not read its
+    // destination here, writes every value.
+    let mut u: Vec<T> = Vec::with_capacity(XI * n);
+    let threads = num_threads();
+    // SAFETY: u has room for 16 x n row-major values, k is 16 x 9 row-major, w read as the
+    // 9 x n matrix with row stride 1 and column stride 9 (w holds n kernels of 9 values); T is
+    // f32 or f64. After the GEMM every value of u is written, so the length can be set.
     unsafe {
         gemm_cols(
             XI,
@@ -75,8 +78,9 @@ fn kernel_transform<T: WithDType>(w: &[T], o: usize, c: usize) -> Vec<T> {
             (k.as_ptr(), 9, 1),
             (w.as_ptr(), 1, 9),
             threads,
-        )
-    };
+        );
+        u.set_len(XI * n);
+    }
     u
 }
 
@@ -245,7 +249,7 @@ fn run<T: WithDType>(x: &[T], kernel: &Kernel<T>, bias: Option<&[T]>, g: &Geom) 
     // Not zero-filled: the output transform writes every value (zeroing it first was a serial
     // pass over the whole output on the calling thread).
     let mut y: Vec<T> = Vec::with_capacity(total);
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = num_threads();
     let (nv, nm) = (XI * g.c * tiles, XI * g.o * tiles);
     let per_image = |yb: SyncPtr<T>, xb: &[T], threads: usize| {
         // this thread's reused buffer: V then M, each written in full before it is read
