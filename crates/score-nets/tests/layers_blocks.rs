@@ -583,3 +583,50 @@ fn fir_kernel_matches_composite_upfirdn_and_its_gradient() {
         );
     }
 }
+
+#[test]
+fn fused_softmax_matches_composite_ops_and_their_gradient() {
+    use candle_core::{Var, D};
+    use score_nets::layers::softmax_last;
+    for dt in [DType::F32, DType::F64] {
+        // wide logits (rows with one dominant entry) and a shape with several leading dims
+        let s = (randn(&[2, 3, 17], 51).to_dtype(dt).unwrap() * 6.0).unwrap();
+        let v = randn(&[2, 3, 17], 52).to_dtype(dt).unwrap();
+        let sv = Var::from_tensor(&s).unwrap();
+        let composite = |s: &Tensor| {
+            let m = s.max_keepdim(D::Minus1).unwrap().detach();
+            let e = s.broadcast_sub(&m).unwrap().exp().unwrap();
+            let z = e.sum_keepdim(D::Minus1).unwrap();
+            e.broadcast_div(&z).unwrap()
+        };
+        let want = composite(sv.as_tensor());
+        let got = softmax_last(sv.as_tensor()).unwrap();
+        // max |a − b| / max |b|, in f64
+        let close = |a: &Tensor, b: &Tensor, tol: f64, what: &str| {
+            let m = |t: Tensor| {
+                t.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let e = m((a - b).unwrap()) / m(b.clone());
+            assert!(e <= tol, "{what} ({dt:?}): {e:e} > {tol:e}");
+        };
+        let tol = if dt == DType::F32 { 1e-6 } else { 1e-12 };
+        close(&got, &want, tol, "softmax");
+        let rows = got.sum(D::Minus1).unwrap();
+        close(&rows, &rows.ones_like().unwrap(), tol, "rows sum to one");
+        let g = (got * &v).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (want * &v).unwrap().sum_all().unwrap().backward().unwrap();
+        close(
+            g.get(sv.as_tensor()).unwrap(),
+            g_ref.get(sv.as_tensor()).unwrap(),
+            tol * 10.0,
+            "softmax gradient",
+        );
+    }
+}

@@ -1,9 +1,11 @@
 //! `AttnBlockpp`: self-attention over all pixels.
 
-use candle_core::Tensor;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
 use candle_nn::VarBuilder;
 
 use super::common::{group_norm, GroupNorm, Nin};
+use super::conv_cpu::SyncPtr;
 use crate::Result;
 
 /// `layerspp.AttnBlockpp`: $h = \mathrm{GN}(x)$, $q, k, v = \mathrm{NIN}_{0,1,2}(h)$,
@@ -61,12 +63,124 @@ impl AttnBlockPp {
     }
 }
 
-/// Softmax over the last dim, written with differentiable ops (candle's fused
-/// `softmax_last_dim` has no backward): $\mathrm{softmax}(s)_j = e^{s_j - m} / \sum_k e^{s_k - m}$,
-/// $m = \max_k s_k$ (detached; it cancels).
+/// Softmax over the last dim, $\mathrm{softmax}(s)_j = e^{s_j - m} / \sum_k e^{s_k - m}$,
+/// $m = \max_k s_k$ (candle-nn's fused `softmax_last_dim` has no backward).
+///
+/// On the CPU (float32 / float64) it is one op whose rows run in parallel on candle's pool,
+/// with the backward $\partial s = y \odot (\partial y - \langle \partial y, y\rangle)$ per row
+/// as one op too (the composite version is five ops forward and as many gradient
+/// accumulations backward, over `[B, HW, HW]` tensors). Elsewhere: differentiable tensor ops,
+/// the max detached (it cancels).
 pub fn softmax_last(s: &Tensor) -> Result<Tensor> {
+    if s.device().is_cpu() && matches!(s.dtype(), DType::F32 | DType::F64) && s.rank() >= 1 {
+        return Ok(s.contiguous()?.apply_op1(SoftmaxOp)?);
+    }
     let m = s.max_keepdim(candle_core::D::Minus1)?.detach();
     let e = s.broadcast_sub(&m)?.exp()?;
     let z = e.sum_keepdim(candle_core::D::Minus1)?;
     Ok(e.broadcast_div(&z)?)
+}
+
+/// Runs `row(i, dst_row)` for every row of `n` values of a `len`-value output, rows shared among
+/// candle's pool threads.
+fn for_rows<T: WithDType>(len: usize, n: usize, row: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); len];
+    if n == 0 {
+        return out;
+    }
+    let rows = len / n;
+    let ptr = SyncPtr(out.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+        for i in range {
+            // SAFETY: row i is out[i n .. (i + 1) n], written by this task only.
+            row(i, unsafe { ptr.slice(i * n, n) });
+        }
+    });
+    out
+}
+
+fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("softmax: non-contiguous operand".into()))?;
+    Ok(&T::cpu_storage_as_slice(s)?[a..b])
+}
+
+/// The CPU softmax over the last dim (see [`softmax_last`]).
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "score-nets-softmax-last"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let n = l.dims().last().copied().unwrap_or(1);
+        fn go<T: WithDType + num_traits::Float>(x: &[T], n: usize) -> Vec<T> {
+            for_rows(x.len(), n, |i, y: &mut [T]| {
+                let xr = &x[i * n..(i + 1) * n];
+                let m = xr
+                    .iter()
+                    .fold(T::neg_infinity(), |a, &v| num_traits::Float::max(a, v));
+                let mut z = T::zero();
+                for (yv, &v) in y.iter_mut().zip(xr) {
+                    *yv = (v - m).exp();
+                    z += *yv;
+                }
+                let inv = T::one() / z;
+                y.iter_mut().for_each(|v| *v *= inv);
+            })
+        }
+        let y = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(go(cpu_slice::<f32>(s, l)?, n)),
+            CpuStorage::F64(_) => CpuStorage::F64(go(cpu_slice::<f64>(s, l)?, n)),
+            s => candle_core::bail!("softmax: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((y, l.shape().clone()))
+    }
+
+    fn bwd(&self, _s: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(y.detach().apply_op2_no_bwd(
+            &grad.detach().contiguous()?,
+            &SoftmaxBwdOp,
+        )?))
+    }
+}
+
+/// ∂s = y ⊙ (∂y − ⟨∂y, y⟩) per row: operands `(y, grad_y)`.
+struct SoftmaxBwdOp;
+
+impl CustomOp2 for SoftmaxBwdOp {
+    fn name(&self) -> &'static str {
+        "score-nets-softmax-last-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let n = l1.dims().last().copied().unwrap_or(1);
+        fn go<T: WithDType>(y: &[T], g: &[T], n: usize) -> Vec<T> {
+            for_rows(y.len(), n, |i, dx: &mut [T]| {
+                let (yr, gr) = (&y[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
+                let dot = yr.iter().zip(gr).fold(T::zero(), |a, (&y, &g)| a + y * g);
+                for ((d, &y), &g) in dx.iter_mut().zip(yr).zip(gr) {
+                    *d = y * (g - dot);
+                }
+            })
+        }
+        let dx = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(go(cpu_slice(s1, l1)?, cpu_slice(s2, l2)?, n))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(go(cpu_slice(s1, l1)?, cpu_slice(s2, l2)?, n))
+            }
+            _ => candle_core::bail!("softmax backward: unsupported or mixed dtypes"),
+        };
+        Ok((dx, l1.shape().clone()))
+    }
 }

@@ -56,7 +56,7 @@ impl<T> SyncPtr<T> {
     /// # Safety
     /// `[off, off + len)` must be in bounds and used by one caller only.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
+    pub(super) unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(off), len)
     }
 }
