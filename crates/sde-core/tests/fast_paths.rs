@@ -280,22 +280,23 @@ fn f32_score_propagates_nan_and_checks_times() {
     assert!(oracle.score(&bad_x, &t).is_err());
 }
 
+/// `b` float32 2-D points N(0, scale² I) and a Rademacher probe, from `seed`.
+fn points_and_probe(b: usize, scale: f64, seed: u64) -> (Tensor, Tensor) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let shape = Shape::from((b, 2));
+    let x = (rng.randn(&shape, &Device::Cpu, DType::F32).unwrap() * scale).unwrap();
+    let v = rng.rademacher(&shape, &Device::Cpu, DType::F32).unwrap();
+    (x, v)
+}
+
 #[test]
 fn f32_score_of_a_point_does_not_depend_on_its_batch() {
     let oracle = GaussianMixtureScore::new(
         VpSde::default(),
         GaussianMixture::ring(8, 4.0, 0.2).unwrap(),
     );
-    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
     let b = 100; // six blocks of 16 and four single points
-    let x = (rng
-        .randn(&Shape::from((b, 2)), &Device::Cpu, DType::F32)
-        .unwrap()
-        * 4.0)
-        .unwrap();
-    let v = rng
-        .rademacher(&Shape::from((b, 2)), &Device::Cpu, DType::F32)
-        .unwrap();
+    let (x, v) = points_and_probe(b, 4.0, 8);
     let shared = time_tensor(0.2, b, &Device::Cpu, DType::F32).unwrap();
     let mixed = Tensor::from_vec(
         (0..b)
@@ -324,15 +325,7 @@ fn f32_score_does_not_depend_on_the_thread_count() {
     );
     // 100 003 points × 8 components × 2 dims: large enough to be split, a partial last chunk
     let b = 100_003;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-    let x = (rng
-        .randn(&Shape::from((b, 2)), &Device::Cpu, DType::F32)
-        .unwrap()
-        * 3.0)
-        .unwrap();
-    let v = rng
-        .rademacher(&Shape::from((b, 2)), &Device::Cpu, DType::F32)
-        .unwrap();
+    let (x, v) = points_and_probe(b, 3.0, 9);
     let t = time_tensor(0.3, b, &Device::Cpu, DType::F32).unwrap();
     let on = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()

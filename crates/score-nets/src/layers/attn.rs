@@ -5,6 +5,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor
 use candle_nn::VarBuilder;
 
 use super::common::{group_norm, GroupNorm, Nin};
+use super::conv::slice;
 use super::conv_cpu::SyncPtr;
 use crate::Result;
 
@@ -99,13 +100,6 @@ fn for_rows<T: WithDType>(len: usize, n: usize, row: impl Fn(usize, &mut [T]) + 
     out
 }
 
-fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("softmax: non-contiguous operand".into()))?;
-    Ok(&T::cpu_storage_as_slice(s)?[a..b])
-}
-
 /// The CPU softmax over the last dim (see [`softmax_last`]).
 struct SoftmaxOp;
 
@@ -132,8 +126,8 @@ impl CustomOp1 for SoftmaxOp {
             })
         }
         let y = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(go(cpu_slice::<f32>(s, l)?, n)),
-            CpuStorage::F64(_) => CpuStorage::F64(go(cpu_slice::<f64>(s, l)?, n)),
+            CpuStorage::F32(_) => CpuStorage::F32(go(slice::<f32>(s, l)?, n)),
+            CpuStorage::F64(_) => CpuStorage::F64(go(slice::<f64>(s, l)?, n)),
             s => candle_core::bail!("softmax: unsupported dtype {:?}", s.dtype()),
         };
         Ok((y, l.shape().clone()))
@@ -174,10 +168,10 @@ impl CustomOp2 for SoftmaxBwdOp {
         }
         let dx = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(go(cpu_slice(s1, l1)?, cpu_slice(s2, l2)?, n))
+                CpuStorage::F32(go(slice(s1, l1)?, slice(s2, l2)?, n))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(go(cpu_slice(s1, l1)?, cpu_slice(s2, l2)?, n))
+                CpuStorage::F64(go(slice(s1, l1)?, slice(s2, l2)?, n))
             }
             _ => candle_core::bail!("softmax backward: unsupported or mixed dtypes"),
         };

@@ -162,10 +162,15 @@ struct ConvOp {
     input_grad: bool,
 }
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("conv2d: non-contiguous operand".into()))?;
+/// The values of a contiguous CPU operand of a custom op (the layers' CPU kernels take their
+/// operands contiguous).
+pub(super) fn slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("score-nets CPU kernel: non-contiguous operand".into())
+    })?;
     Ok(&T::cpu_storage_as_slice(s)?[a..b])
 }
 

@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
 use num_traits::Float;
 
 use super::common::Activation;
+use super::conv::slice;
 use crate::{Error, Result};
 
 /// `nn.GroupNorm(groups, C, eps)`: for each sample and each group $g$ of $C/G$ channels,
@@ -140,13 +141,6 @@ struct GnOp {
     groups: usize,
     eps: f64,
     silu: bool,
-}
-
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("group_norm: non-contiguous operand".into()))?;
-    Ok(&T::cpu_storage_as_slice(s)?[a..b])
 }
 
 /// Mean and $1/\sqrt{\sigma^2 + \epsilon}$ of `v` (two passes, f64 accumulation).

@@ -190,6 +190,11 @@ impl Terms<'_> {
         let xn: Option<Vec<T>> = zs
             .flatten()
             .map(|z| xm.iter().zip(z).map(|(&m, &z)| m + c * z).collect());
+        self.update(xm, xn).map(Some)
+    }
+
+    /// The update from host values of x̄ and x (x = x̄ without noise), shaped as `x`.
+    fn update<T: WithDType>(&self, xm: Vec<T>, xn: Option<Vec<T>>) -> Result<Update> {
         let shape = self.x.shape().clone();
         let dev = self.x.device();
         let x_mean = Tensor::from_vec(xm, shape.clone(), dev)?;
@@ -197,7 +202,7 @@ impl Terms<'_> {
             Some(v) => Tensor::from_vec(v, shape, dev)?,
             None => x_mean.clone(),
         };
-        Ok(Some(Update { x, x_mean }))
+        Ok(Update { x, x_mean })
     }
 
     /// [`fused`](Self::fused) with per-sample coefficients.
@@ -234,14 +239,7 @@ impl Terms<'_> {
             }
             None => None,
         };
-        let shape = self.x.shape().clone();
-        let dev = self.x.device();
-        let x_mean = Tensor::from_vec(xm, shape.clone(), dev)?;
-        let x = match xn {
-            Some(v) => Tensor::from_vec(v, shape, dev)?,
-            None => x_mean.clone(),
-        };
-        Ok(Some(Update { x, x_mean }))
+        self.update(xm, xn).map(Some)
     }
 }
 
