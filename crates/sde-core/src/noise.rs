@@ -259,6 +259,16 @@ impl NoiseSource for PerSampleNoise {
     }
 }
 
+/// The next output of SplitMix64 (Steele, Lea & Flood, 2014) from `state`: the seeding
+/// generator of the xoshiro streams.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// xoshiro256++ (Blackman & Vigna, 2018), seeded through SplitMix64: a small, fast generator
 /// with 256 bits of state, one independent stream per block of [`BlockNoise`].
 #[derive(Debug, Clone)]
@@ -268,11 +278,7 @@ impl Xoshiro256PlusPlus {
     fn new(mut seed: u64) -> Self {
         let mut s = [0u64; 4];
         for v in &mut s {
-            seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = seed;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            *v = z ^ (z >> 31);
+            *v = splitmix64(&mut seed);
         }
         Self(s)
     }

@@ -30,6 +30,43 @@ pub fn time_tensor(t: f64, batch: usize, device: &Device, dtype: DType) -> Resul
     })
 }
 
+/// `Some(v)` when every element of the contiguous float32 / float64 CPU tensor `t` has the bits
+/// of `v` (a sampler's shared time, a per-sample coefficient of such a time), read in place with
+/// one vectorised comparison; `None` otherwise, and for empty, strided, other-dtype or
+/// accelerator tensors (callers then read the values one by one).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let t = Tensor::full(0.25f32, 4, &Device::Cpu)?;
+/// assert_eq!(sde_core::constant_value(&t)?, Some(0.25));
+/// let u = Tensor::new(&[0.25f32, 0.5], &Device::Cpu)?;
+/// assert_eq!(sde_core::constant_value(&u)?, None);
+/// # Ok::<(), sde_core::Error>(())
+/// ```
+pub fn constant_value(t: &Tensor) -> Result<Option<f64>> {
+    fn same<T: Copy>(s: &[T], bits: impl Fn(T) -> u64) -> Option<T> {
+        let first = *s.first()?;
+        let b0 = bits(first);
+        // A fold without early exit: the compiler vectorises it.
+        s.iter()
+            .fold(true, |ok, &v| ok & (bits(v) == b0))
+            .then_some(first)
+    }
+    if !t.device().is_cpu() {
+        return Ok(None);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let (candle_core::Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    Ok(match t.dtype() {
+        DType::F32 => same(&cpu.as_slice::<f32>()?[a..b], |v| v.to_bits() as u64).map(f64::from),
+        DType::F64 => same(&cpu.as_slice::<f64>()?[a..b], f64::to_bits),
+        _ => None,
+    })
+}
+
 /// Host values of a per-sample `[B]` quantity, kept as one value when every sample has the same
 /// one. Samplers pass one time for the whole batch, so per-sample coefficients are then computed
 /// once and broadcast instead of once per sample.
@@ -45,37 +82,10 @@ impl PerSample<f64> {
     /// The host values of `t: [B]`, not validated. Contiguous float32 / float64 CPU tensors are
     /// read in place (one vectorised comparison decides whether all values are equal).
     pub(crate) fn read(t: &Tensor) -> Result<Self> {
-        fn same<T: Copy + PartialEq>(s: &[T], bits: impl Fn(T) -> u64) -> Option<T> {
-            let first = *s.first()?;
-            let b0 = bits(first);
-            // A fold without early exit: the compiler vectorises it.
-            s.iter()
-                .fold(true, |ok, &v| ok & (bits(v) == b0))
-                .then_some(first)
-        }
-        if t.device().is_cpu() {
-            let (storage, layout) = t.storage_and_layout();
-            if let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
-                (&*storage, layout.contiguous_offsets())
-            {
-                let n = b - a;
-                match t.dtype() {
-                    DType::F32 => {
-                        if let Some(v) = same(&cpu.as_slice::<f32>()?[a..b], |v| v.to_bits() as u64)
-                        {
-                            return Ok(Self::Same(v as f64, n));
-                        }
-                    }
-                    DType::F64 => {
-                        if let Some(v) = same(&cpu.as_slice::<f64>()?[a..b], f64::to_bits) {
-                            return Ok(Self::Same(v, n));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Ok(Self::Each(to_host_f64(t)?))
+        Ok(match constant_value(t)? {
+            Some(v) => Self::Same(v, t.elem_count()),
+            None => Self::Each(to_host_f64(t)?),
+        })
     }
 
     /// The times `t` for `x` ([`check_time`]'s checks: shape `[x.dim(0)]`, finite, in

@@ -349,14 +349,6 @@ fn to_host_f64_reads_views_and_dtypes() {
         .unwrap()
         .reshape((3, 4))
         .unwrap();
-    let want = |t: &Tensor| -> Vec<f64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
     let views = [
         base.clone(),
         base.narrow(0, 1, 2).unwrap(),      // contiguous with an offset
@@ -368,7 +360,7 @@ fn to_host_f64_reads_views_and_dtypes() {
     for v in &views {
         assert_eq!(
             sde_core::to_host_f64(v).unwrap(),
-            want(v),
+            host(v),
             "{:?}",
             v.layout()
         );

@@ -42,7 +42,8 @@ impl Geom {
     }
 }
 
-/// A pointer shared by parallel workers that write disjoint ranges.
+/// A pointer shared by parallel workers that write disjoint ranges (every CPU kernel of the
+/// layers uses it).
 #[derive(Clone, Copy)]
 pub(super) struct SyncPtr<T>(pub(super) *mut T);
 unsafe impl<T> Send for SyncPtr<T> {}
@@ -191,19 +192,25 @@ pub(super) unsafe fn gemm_cols<T: WithDType>(
     rhs: (*const T, isize, isize),
     threads: usize,
 ) {
+    // The pointers wrapped so that `one` may run on the pool threads (each on its own columns).
+    let (dst, lhs0, rhs0) = (
+        SyncPtr(dst),
+        SyncPtr(lhs.0 as *mut T),
+        SyncPtr(rhs.0 as *mut T),
+    );
     let one = |c0: usize, c1: usize, par: gemm::Parallelism| {
         gemm::gemm(
             m,
             c1 - c0,
             k,
-            dst.add(c0),
+            dst.ptr().add(c0),
             1,
             n as isize,
             read_dst,
-            lhs.0,
+            lhs0.ptr(),
             lhs.2,
             lhs.1,
-            rhs.0.offset(c0 as isize * rhs.2),
+            rhs0.ptr().offset(c0 as isize * rhs.2),
             rhs.2,
             rhs.1,
             if read_dst { T::one() } else { T::zero() },
@@ -225,38 +232,12 @@ pub(super) unsafe fn gemm_cols<T: WithDType>(
     // execute_chunked runs inline when called from a pool thread (no nested pool call)
     let blocks = pool.n_workers() + 1;
     let per = n.div_ceil(16).div_ceil(blocks) * 16;
-    let (dst, lhs0, rhs0) = (
-        SyncPtr(dst),
-        SyncPtr(lhs.0 as *mut T),
-        SyncPtr(rhs.0 as *mut T),
-    );
     pool.execute_chunked(blocks, |range| {
         for tid in range {
             let (c0, c1) = ((tid * per).min(n), ((tid + 1) * per).min(n));
-            if c0 >= c1 {
-                continue;
+            if c0 < c1 {
+                one(c0, c1, gemm::Parallelism::None);
             }
-            gemm::gemm(
-                m,
-                c1 - c0,
-                k,
-                dst.ptr().add(c0),
-                1,
-                n as isize,
-                read_dst,
-                lhs0.ptr(),
-                lhs.2,
-                lhs.1,
-                rhs0.ptr().offset(c0 as isize * rhs.2),
-                rhs.2,
-                rhs.1,
-                if read_dst { T::one() } else { T::zero() },
-                T::one(),
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
         }
     });
 }

@@ -354,7 +354,7 @@ impl UpFirDnOp {
         };
         let (n_in, n_out) = (a.0 * a.1, b.0 * b.1);
         let mut y = vec![T::zero(); planes * n_out];
-        let out = PlanePtr(y.as_mut_ptr());
+        let out = super::conv_cpu::SyncPtr(y.as_mut_ptr());
         candle_core::utils::barrier_pool().execute_chunked(planes, |range| {
             let mut tmp = Vec::new();
             for p in range {
@@ -364,21 +364,6 @@ impl UpFirDnOp {
             }
         });
         y
-    }
-}
-
-/// A pointer to the output planes shared by the pool threads (each writes its own planes).
-#[derive(Clone, Copy)]
-struct PlanePtr<T>(*mut T);
-unsafe impl<T> Send for PlanePtr<T> {}
-unsafe impl<T> Sync for PlanePtr<T> {}
-
-impl<T> PlanePtr<T> {
-    /// # Safety
-    /// `[off, off + len)` must be in bounds and written by one caller only.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(off), len)
     }
 }
 

@@ -15,6 +15,7 @@ use num_traits::Float;
 
 use super::common::Activation;
 use super::conv::slice;
+use super::conv_cpu::SyncPtr;
 use crate::{Error, Result};
 
 /// `nn.GroupNorm(groups, C, eps)`: for each sample and each group $g$ of $C/G$ channels,
@@ -161,21 +162,6 @@ fn stats<T: WithDType>(v: &[T], eps: f64) -> (f64, f64) {
 /// Runs `f(i)` for `i in 0..n` on candle's CPU thread pool.
 fn par_for(n: usize, f: impl Fn(usize) + Sync) {
     candle_core::utils::barrier_pool().execute_chunked(n, |r| r.for_each(&f));
-}
-
-/// A raw pointer that the per-group closures may share: every group writes a disjoint range.
-#[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
-unsafe impl<T> Send for SyncPtr<T> {}
-unsafe impl<T> Sync for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    /// # Safety
-    /// `[off, off + len)` must be in bounds and written by one caller only.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(off), len)
-    }
 }
 
 fn gn_fwd<T: WithDType + Float>(

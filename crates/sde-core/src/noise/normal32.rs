@@ -30,16 +30,9 @@ impl Streams {
     /// Eight streams from one 64-bit key: SplitMix64 outputs fill the 4 × 8 state words.
     fn new(key: u64) -> Self {
         let mut z = key;
-        let mut splitmix = || {
-            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut v = z;
-            v = (v ^ (v >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            v = (v ^ (v >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            v ^ (v >> 31)
-        };
         let mut s = [[0u32; LANES]; 4];
         for lane in 0..LANES {
-            let (a, b) = (splitmix(), splitmix());
+            let (a, b) = (super::splitmix64(&mut z), super::splitmix64(&mut z));
             let words = [a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32];
             // xoshiro's one forbidden state (all zero) has probability 2^-128; rule it out anyway.
             let words = if words == [0; 4] { [1, 0, 0, 0] } else { words };

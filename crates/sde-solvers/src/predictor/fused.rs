@@ -28,16 +28,6 @@ fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Option<
     slice_of::<T, _>(&t.storage_and_layout()).map(f)
 }
 
-/// Whether every element of `s` has the bits of the first (a fold without early exit, so the
-/// compiler vectorises it).
-fn all_same<T: WithDType>(s: &[T], bits: impl Fn(T) -> u64) -> Option<T> {
-    let first = *s.first()?;
-    let b0 = bits(first);
-    s.iter()
-        .fold(true, |ok, &v| ok & (bits(v) == b0))
-        .then_some(first)
-}
-
 /// Host copy of a per-sample coefficient `[B]` (f64).
 pub(crate) fn per_sample(v: &Tensor) -> Result<Vec<f64>> {
     if let Some(v) = with_slice::<f32, _>(v, |s| s.iter().map(|&x| x as f64).collect()) {
@@ -60,13 +50,10 @@ impl Coeff {
     /// A per-sample coefficient tensor `[B]`; a constant one (a sampler's shared time) is read
     /// as [`Coeff::Same`] without copying it.
     pub(crate) fn of(v: &Tensor) -> Result<Self> {
-        if let Some(Some(c)) = with_slice::<f32, _>(v, |s| all_same(s, |x| x.to_bits() as u64)) {
-            return Ok(Coeff::Same(c as f64));
-        }
-        if let Some(Some(c)) = with_slice::<f64, _>(v, |s| all_same(s, f64::to_bits)) {
-            return Ok(Coeff::Same(c));
-        }
-        Ok(Self::from_vec(per_sample(v)?))
+        Ok(match sde_core::constant_value(v)? {
+            Some(c) => Coeff::Same(c),
+            None => Self::from_vec(per_sample(v)?),
+        })
     }
 
     /// From host values, collapsing a constant vector to [`Coeff::Same`].
