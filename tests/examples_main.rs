@@ -84,7 +84,7 @@ fn custom_sde_quick_runs() {
 #[test]
 fn smld_samples_the_reference_checkpoint() {
     // The reference's own training checkpoint (small NCSN++ config) through the image path.
-    let tv = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testvectors/");
+    let tv = concat!(env!("CARGO_MANIFEST_DIR"), "/testvectors/");
     let out = std::env::temp_dir().join(format!("scoresde-test-ckpt-{}", std::process::id()));
     let status = Command::new(example("smld"))
         .args(["--quick", "--out"])
@@ -113,7 +113,7 @@ fn smld_trains_ncsnpp_on_an_image_folder() {
     }
     let cfg = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testvectors/net_ncsnpp_ve.json"
+        "/testvectors/net_ncsnpp_ve.json"
     );
     let out = dir.join("out");
     let status = Command::new(example("smld"))

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use score_nets::checkpoint::{load_reference_checkpoint, CheckpointWeights, StrictWeights};
 use score_nets::Error;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testvectors/");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testvectors/");
 
 fn tv(name: &str) -> PathBuf {
     PathBuf::from(DIR).join(name)

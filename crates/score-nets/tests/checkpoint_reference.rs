@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use score_nets::checkpoint::{load_reference_checkpoint, CheckpointWeights};
 use score_nets::Error;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testvectors/");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testvectors/");
 
 fn tv(name: &str) -> PathBuf {
     PathBuf::from(DIR).join(name)

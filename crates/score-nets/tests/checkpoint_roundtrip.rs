@@ -11,7 +11,7 @@ use score_nets::init::seeded_var_builder;
 use score_nets::{Ddpm, DdpmConfig, Mlp, MlpConfig, NcsnPp, NcsnPpConfig};
 use sde_core::ScoreModel;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testvectors/");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testvectors/");
 
 fn tv(name: &str) -> PathBuf {
     PathBuf::from(DIR).join(name)

@@ -13,7 +13,7 @@ use score_nets::{Error, Mlp, MlpConfig};
 
 const DDPM_WEIGHTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/testvectors/net_ddpm_vp.weights.safetensors"
+    "/../../testvectors/net_ddpm_vp.weights.safetensors"
 );
 
 fn tmp_dir(tag: &str) -> PathBuf {
@@ -247,7 +247,7 @@ fn corrupt_truncated_and_missing_files_are_errors() {
     ));
     let pth = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/testvectors/ckpt_ncsnpp_ve.pth"
+        "/../../testvectors/ckpt_ncsnpp_ve.pth"
     );
     assert!(matches!(
         StrictWeights::from_safetensors(pth),

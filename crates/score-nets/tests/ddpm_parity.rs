@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use score_nets::checkpoint::{save_safetensors, StrictWeights};
 use score_nets::{Ddpm, DdpmConfig, Error};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/testvectors/");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testvectors/");
 
 fn tv(name: &str) -> PathBuf {
     PathBuf::from(DIR).join(name)

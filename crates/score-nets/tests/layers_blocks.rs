@@ -12,7 +12,7 @@ use score_nets::layers::*;
 
 const LAYERS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/testvectors/layers.safetensors"
+    "/../../testvectors/layers.safetensors"
 );
 const K: [f64; 4] = [1.0, 3.0, 3.0, 1.0];
 

@@ -10,7 +10,7 @@ use score_nets::layers::{get_timestep_embedding, GaussianFourierProjection};
 
 const LAYERS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/testvectors/layers.safetensors"
+    "/../../testvectors/layers.safetensors"
 );
 
 fn load() -> HashMap<String, Tensor> {

@@ -448,7 +448,7 @@ fn parity_configs_read_from_reference_json() {
         ("net_ddpmpp_vp", NcsnPpConfig::small_ddpmpp_vp()),
     ] {
         let p = format!(
-            "{}/../../../shared/testvectors/{name}.json",
+            "{}/../../testvectors/{name}.json",
             env!("CARGO_MANIFEST_DIR")
         );
         let json: serde_json::Value =

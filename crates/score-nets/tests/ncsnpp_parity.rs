@@ -10,7 +10,7 @@ use score_nets::{NcsnPp, NcsnPpConfig};
 
 fn path(name: &str) -> String {
     format!(
-        "{}/../../../shared/testvectors/{name}",
+        "{}/../../testvectors/{name}",
         env!("CARGO_MANIFEST_DIR")
     )
 }

@@ -1,5 +1,5 @@
 //! Parity with the reference implementation (`score_sde_pytorch`, `sde_lib.py`):
-//! `../shared/testvectors/sde_{ve,vp,subvp}.safetensors` hold its outputs at fixed x and t.
+//! `testvectors/sde_{ve,vp,subvp}.safetensors` hold its outputs at fixed x and t.
 
 mod common;
 

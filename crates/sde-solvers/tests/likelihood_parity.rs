@@ -11,7 +11,7 @@ use sde_solvers::likelihood::{Likelihood, LikelihoodOptions};
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/testvectors/likelihood.safetensors"
+    "/../../testvectors/likelihood.safetensors"
 );
 
 fn host(x: &Tensor) -> Vec<f64> {

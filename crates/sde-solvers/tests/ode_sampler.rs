@@ -12,7 +12,7 @@ use sde_solvers::ode_sampler::{OdeSampler, OdeSamplerOptions};
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/testvectors/samplers.safetensors"
+    "/../../testvectors/samplers.safetensors"
 );
 
 fn load() -> HashMap<String, Tensor> {

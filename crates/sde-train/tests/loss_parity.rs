@@ -14,7 +14,7 @@ const S0: f64 = 0.6;
 fn vectors() -> HashMap<String, Tensor> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/testvectors/losses.safetensors"
+        "/../../testvectors/losses.safetensors"
     );
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }

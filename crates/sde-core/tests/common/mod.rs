@@ -5,10 +5,10 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 
-/// Loads a reference test-vector file from `../shared/testvectors/`.
+/// Loads a reference test-vector file from `testvectors/` at the repository root.
 pub fn vectors(name: &str) -> HashMap<String, Tensor> {
     let path = format!(
-        "{}/../../../shared/testvectors/{name}",
+        "{}/../../testvectors/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     candle_core::safetensors::load(&path, &Device::Cpu)

@@ -9,7 +9,7 @@ use sde_core::noise::NoiseSource;
 /// Path of a reference vector file.
 pub fn vectors(name: &str) -> String {
     format!(
-        "{}/../../../shared/testvectors/{name}",
+        "{}/../../testvectors/{name}",
         env!("CARGO_MANIFEST_DIR")
     )
 }
