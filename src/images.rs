@@ -22,7 +22,8 @@ use crate::toy::AnyResult;
 /// Command-line options of the image path (flattened into the examples' arguments).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ImageArgs {
-    /// Train on images: `cifar10` (binary batches), `mnist` (IDX file) or `folder` (PNG/JPEG).
+    /// Train on images: `mnist5k` (embedded, no download), `cifar10` (binary batches), `mnist`
+    /// (IDX file) or `folder` (PNG/JPEG).
     #[arg(long)]
     pub dataset: Option<String>,
     /// Where the dataset lives (the `cifar-10-batches-bin` folder, the MNIST images IDX file, or
@@ -155,14 +156,23 @@ fn with_sde<S: Sde>(
         let n = if quick { a.n_images.min(4) } else { a.n_images };
         return sample_grid(sde, &model, &cfg, n, &dev, seed, &out.join("samples.png"));
     }
-    let (Some(ds), Some(dir)) = (&a.dataset, &a.data_dir) else {
-        return Err("--dataset needs --data-dir".into());
+    let Some(ds) = &a.dataset else {
+        return Err("the image path needs --dataset (or --checkpoint)".into());
     };
-    let images = match ds.as_str() {
-        "cifar10" => sde_train::load_cifar10_dir(dir, true)?.0,
-        "mnist" => sde_train::load_mnist_images(dir)?,
-        "folder" => sde_train::load_image_folder(dir, cfg.image_size)?,
-        other => return Err(format!("unknown dataset `{other}` (cifar10, mnist, folder)").into()),
+    let images = match (ds.as_str(), &a.data_dir) {
+        // Embedded in sde-train: no download, no --data-dir.
+        ("mnist5k", _) => sde_train::mnist5k(sde_train::Split::Train)?.0,
+        ("cifar10", Some(dir)) => sde_train::load_cifar10_dir(dir, true)?.0,
+        ("mnist", Some(dir)) => sde_train::load_mnist_images(dir)?,
+        ("folder", Some(dir)) => sde_train::load_image_folder(dir, cfg.image_size)?,
+        ("cifar10" | "mnist" | "folder", None) => {
+            return Err(format!("--dataset {ds} needs --data-dir").into())
+        }
+        (other, _) => {
+            return Err(
+                format!("unknown dataset `{other}` (mnist5k, cifar10, mnist, folder)").into(),
+            )
+        }
     };
     let mut cfg = cfg;
     let (_, c, h, _) = images.dims4()?;

@@ -86,7 +86,11 @@ pub fn load_cifar10_dir(dir: impl AsRef<Path>, train: bool) -> Result<(Tensor, V
 /// dims and the bytes.
 pub fn load_idx(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<u8>)> {
     let path = path.as_ref();
-    let bytes = read(path)?;
+    parse_idx(&read(path)?, path)
+}
+
+/// [`load_idx`] of bytes already in memory; `path` names them in errors.
+pub(crate) fn parse_idx(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     if bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
         return Err(data_err(
             path,
