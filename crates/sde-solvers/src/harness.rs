@@ -181,9 +181,9 @@ where
 }
 
 /// Energy distance 2 E‖X − Y‖ − E‖X − X′‖ − E‖Y − Y′‖ between the rows of `a: [n, ...]` and
-/// `b: [m, ...]` (flattened per sample), with the unbiased within-sample means (pairs i ≠ j).
-/// Zero iff the distributions agree (in the limit); its sampling noise at n = m is the floor
-/// [`mixture_quality`] reports.
+/// `b: [m, ...]` (flattened per sample), as the V-statistic (means over all pairs, i = j
+/// included): ≥ 0, zero iff the empirical distributions agree; between two independent exact
+/// draws of n points it is O(1/n) > 0, the floor [`mixture_quality`] reports.
 pub fn energy_distance(a: &Tensor, b: &Tensor) -> Result<f64> {
     let rows = |x: &Tensor| -> Result<(Vec<f64>, usize, usize)> {
         let n = x.dim(0)?;
@@ -222,7 +222,7 @@ pub fn energy_distance(a: &Tensor, b: &Tensor) -> Result<f64> {
                 s += dist(&v[i * d..(i + 1) * d], &v[j * d..(j + 1) * d]);
             }
         }
-        2.0 * s / (k * (k - 1)) as f64
+        2.0 * s / (k * k) as f64
     };
     Ok(2.0 * mean_cross - within(&va, n) - within(&vb, m))
 }

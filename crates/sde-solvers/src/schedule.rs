@@ -90,6 +90,24 @@ impl Schedule {
         }
     }
 
+    /// EDM's ρ-schedule spanning `sde` from T down to `sampling_eps`: σ̃_max = σ̃(T) and
+    /// σ̃_min = σ̃(ε), with σ̃ = σ/α = e^{−λ} ([`Sde::log_snr`]).
+    /// ```
+    /// use sde_solvers::schedule::Schedule;
+    /// let sde = sde_core::VeSde::new(0.01, 50.0, 1000)?;
+    /// let s = Schedule::karras(&sde, 1e-5, 7.0)?;
+    /// assert!(matches!(s, Schedule::Karras { sigma_max, .. } if (sigma_max - 50.0).abs() < 1e-9));
+    /// # Ok::<(), sde_solvers::Error>(())
+    /// ```
+    pub fn karras<S: Sde + ?Sized>(sde: &S, sampling_eps: f64, rho: f64) -> Result<Self> {
+        check_eps(sampling_eps, sde.t_end())?;
+        Ok(Schedule::Karras {
+            sigma_min: (-sde.log_snr(sampling_eps)?).exp(),
+            sigma_max: (-sde.log_snr(sde.t_end())?).exp(),
+            rho,
+        })
+    }
+
     /// The step count this schedule implies by itself: `len − 1` for [`Schedule::Times`], else
     /// `None` (the sampler's count is used).
     pub fn fixed_steps(&self) -> Option<usize> {

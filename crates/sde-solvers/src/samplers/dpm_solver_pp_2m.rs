@@ -73,6 +73,7 @@ impl<S: Sde + ?Sized> Step<S> for DpmSolverPp2M {
             x,
             &t,
             k,
+            false,
         )?))
     }
 

@@ -36,6 +36,31 @@ impl Default for DpmSolverPp2S {
 
 const R1: f64 = 0.5;
 
+/// One DPM-Solver++(2S) step from s to t given the model output m₀ at s (also the warm-up step
+/// of [`super::DpmSolverPp3M`]).
+pub(crate) fn singlestep_2s<S: Sde + ?Sized, F: ScoreFn + ?Sized>(
+    pred: Prediction,
+    sde: &S,
+    score: &F,
+    x: &Tensor,
+    s: &Point,
+    t: &Point,
+    m0: &Tensor,
+) -> Result<Tensor> {
+    if to_clean(t) {
+        return Ok(to_data(pred, x, m0, s)?.affine(t.alpha, 0.0)?);
+    }
+    let h = t.lambda - s.lambda;
+    let mid = Point::at(sde, sde.t_of_log_snr(s.lambda + R1 * h)?)?;
+    let (r_1, c_1, hh_1) = expo(pred, s, &mid);
+    let u = lin(&[(x, r_1), (m0, -c_1 * hh_1.exp_m1())])?;
+    let m1 = model_output(pred, score, &u, &mid)?;
+    let (r, c, hh) = expo(pred, s, t);
+    let phi1 = hh.exp_m1();
+    let k = 0.5 / R1;
+    lin(&[(x, r), (m0, -c * phi1 * (1.0 - k)), (&m1, -c * phi1 * k)])
+}
+
 impl<S: Sde + ?Sized> Step<S> for DpmSolverPp2S {
     type State = ();
 
@@ -48,27 +73,17 @@ impl<S: Sde + ?Sized> Step<S> for DpmSolverPp2S {
         _state: &mut (),
         _io: &mut StepIo<'_, N>,
     ) -> Result<Update> {
-        let pred = self.prediction;
         let (s, t) = points(sde, ctx)?;
-        let m0 = model_output(pred, score, x, &s)?;
-        if to_clean(&t) {
-            return Ok(deterministic(
-                to_data(pred, x, &m0, &s)?.affine(t.alpha, 0.0)?,
-            ));
-        }
-        let h = t.lambda - s.lambda;
-        let mid = Point::at(sde, sde.t_of_log_snr(s.lambda + R1 * h)?)?;
-        let (r_1, c_1, hh_1) = expo(pred, &s, &mid);
-        let u = lin(&[(x, r_1), (&m0, -c_1 * hh_1.exp_m1())])?;
-        let m1 = model_output(pred, score, &u, &mid)?;
-        let (r, c, hh) = expo(pred, &s, &t);
-        let phi1 = hh.exp_m1();
-        let k = 0.5 / R1;
-        Ok(deterministic(lin(&[
-            (x, r),
-            (&m0, -c * phi1 * (1.0 - k)),
-            (&m1, -c * phi1 * k),
-        ])?))
+        let m0 = model_output(self.prediction, score, x, &s)?;
+        Ok(deterministic(singlestep_2s(
+            self.prediction,
+            sde,
+            score,
+            x,
+            &s,
+            &t,
+            &m0,
+        )?))
     }
 
     /// Tweedie's x̂₀ at the last time (one evaluation).

@@ -57,7 +57,8 @@ impl SamplerKind {
         "heun",
     ];
 
-    /// Score evaluations per step (the final denoising step adds one).
+    /// Score evaluations per step (the final denoising step adds one, and DPM-Solver++(3M)'s
+    /// warm-up one more).
     pub fn nfe_per_step(&self) -> usize {
         match self {
             SamplerKind::DpmSolverPp2S(_) | SamplerKind::EdmHeun(_) => 2,

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | [`Ddim`] | DDIM (Song et al. 2021), η ∈ [0, 1]; η = 0 is DPM-Solver-1 | 1 | 1 |
 //! | [`DpmSolverPp2M`] | DPM-Solver++(2M) (Lu et al. 2022), multistep | 2 | 1 |
-//! | [`DpmSolverPp3M`] | DPM-Solver++(3M), multistep | 3 | 1 |
+//! | [`DpmSolverPp3M`] | DPM-Solver++(3M), multistep (2S warm-up: one extra evaluation) | 3 | 1 |
 //! | [`DpmSolverPp2S`] | DPM-Solver++(2S), singlestep, r₁ = ½ | 2 | 2 |
 //! | [`SdeDpmSolverPp2M`] | SDE-DPM-Solver++(2M), stochastic | – | 1 |
 //! | [`UniPc`] | UniPC-p with B(h) = e^h − 1 (bh2) and its corrector UniC (Zhao et al. 2023) | p + 1 | 1 |
@@ -231,13 +231,14 @@ pub(crate) fn deterministic(x: Tensor) -> crate::predictor::Update {
 
 /// The multistep update of order `k` ≤ 3 from the newest history entry (at s) to `t`:
 /// x_t = r x − c (φ₁ m₀ + φ₂ D₁ + φ₃ D₂), with the 2nd-order "midpoint" form of DPM-Solver for
-/// k = 2 (x_t = r x − c φ₁ (m₀ + ½ D₁₀)).
+/// k = 2 (x_t = r x − c φ₁ (m₀ + ½ D₁₀)); `reference_d2` takes the DPM-Solver code's D₂.
 pub(crate) fn multistep_update(
     pred: Prediction,
     hist: &History,
     x: &Tensor,
     t: &Point,
     k: usize,
+    reference_d2: bool,
 ) -> Result<Tensor> {
     let (s, m0) = hist.back(0).ok_or_else(|| {
         crate::Error::Unsupported("multistep update without a model output".into())
@@ -269,7 +270,10 @@ pub(crate) fn multistep_update(
             // D1 = D1_0 + r0/(r0+r1) (D1_0 − D1_1), D2 = (D1_0 − D1_1)/(r0 + r1)
             let (a0, a1) = (1.0 / r0, 1.0 / r1);
             let w = r0 / (r0 + r1);
-            let q = 1.0 / (r0 + r1);
+            // D2 ≈ h² m'' needs 2 (D1_0 − D1_1)/(r0 + r1): the DPM-Solver code's
+            // (D1_0 − D1_1)/(r0 + r1) is h² m''/2, which halves the third-order term
+            // (see `DpmSolverPp3M`).
+            let q = if reference_d2 { 1.0 } else { 2.0 } / (r0 + r1);
             // coefficients of m0, m1, m2 in D1_0 − D1_1: (a0, −a0 − a1, a1)
             let diff = [a0, -a0 - a1, a1];
             let d10 = [a0, -a0, 0.0];
