@@ -99,8 +99,9 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
         b.swap(c, p);
         for r in c + 1..k {
             let f = a[r][c] / a[c][c];
-            for j in c..k {
-                a[r][j] -= f * a[c][j];
+            let pivot = a[c].clone();
+            for (v, pv) in a[r].iter_mut().zip(&pivot).skip(c) {
+                *v -= f * pv;
             }
             b[r] -= f * b[c];
         }
