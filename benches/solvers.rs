@@ -3,6 +3,11 @@
 //! `cargo bench --bench solvers` (short CI profile: 1 s measurement, 10 samples). One
 //! iteration = 50 PC steps (reverse diffusion + Langevin, snr 0.16) on 10 000 samples, so the
 //! full 1000-step run costs 20 iterations; `examples/bench_solvers.rs` times the full run.
+//!
+//! Group `sampler_driver`: the same 50 PC steps as a hand-written loop over the public
+//! predictor/corrector API (the loop `PcSampler` had before the driver) beside the driver, and
+//! the fast samplers at the same 100 score evaluations on the same batch (overhead per
+//! evaluation against the PC's).
 
 use std::time::Duration;
 
@@ -52,5 +57,111 @@ fn pc_sampler(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pc_sampler);
+fn sampler_driver(c: &mut Criterion) {
+    use sde_core::{time_tensor, Sde};
+    use sde_solvers::corrector::Corrector;
+    use sde_solvers::driver::Sampler;
+    use sde_solvers::pc::time_grid;
+    use sde_solvers::predictor::Predictor;
+    use sde_solvers::samplers::{DpmSolverPp2M, UniPc};
+    use sde_solvers::schedule::Schedule;
+
+    let steps = 50;
+    let batch = 10_000;
+    let sde = VeSde::new(0.01, 50.0, steps).expect("valid VE parameters");
+    let gmm = GaussianMixture::ring(8, 4.0, 0.2).expect("valid mixture");
+    let score = GaussianMixtureScore::new(&sde, gmm);
+    let pred = ReverseDiffusionPredictor::new(false);
+    let corr = LangevinCorrector::new(0.16, 1).expect("valid corrector");
+    let mut group = c.benchmark_group("sampler_driver");
+    group
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(10);
+    let sync = |x: &candle_core::Tensor| {
+        x.sum_all()
+            .and_then(|s| s.to_scalar::<f32>())
+            .expect("sync")
+    };
+    group.bench_function("cpu_pc_hand_loop_gmm2d_b10000_x50", |b| {
+        let mut noise = BlockNoise::new(0);
+        b.iter(|| {
+            let dev = Device::Cpu;
+            let mut x = sde
+                .prior_sampling(&(batch, 2).into(), &dev, DType::F32, &mut noise)
+                .expect("prior");
+            let mut x_mean = x.clone();
+            for ti in time_grid(1.0, 1e-5, steps, DType::F32).expect("grid") {
+                let t = time_tensor(ti, batch, &dev, DType::F32).expect("t");
+                let up = corr
+                    .update(&sde, &score, &x, &t, &mut noise)
+                    .expect("corrector");
+                let up = pred
+                    .update(&sde, &score, &up.x, &t, &mut noise)
+                    .expect("predictor");
+                x = up.x;
+                x_mean = up.x_mean;
+            }
+            sync(&x_mean)
+        })
+    });
+    let pc = PcSampler::new(pred, corr).sampling_eps(1e-5);
+    group.bench_function("cpu_pc_driver_gmm2d_b10000_x50", |b| {
+        let mut noise = BlockNoise::new(0);
+        b.iter(|| {
+            let out = pc
+                .sample(
+                    &sde,
+                    &score,
+                    (batch, 2),
+                    &Device::Cpu,
+                    DType::F32,
+                    &mut noise,
+                )
+                .expect("sampling succeeds");
+            sync(&out.x)
+        })
+    });
+    let sched = Schedule::Karras {
+        sigma_min: 0.01 * 5000f64.powf(1e-5),
+        sigma_max: 50.0,
+        rho: 7.0,
+    };
+    let dpm = Sampler::new(DpmSolverPp2M::default(), sched.clone(), 99);
+    group.bench_function("cpu_dpmpp2m_gmm2d_b10000_nfe100", |b| {
+        let mut noise = BlockNoise::new(0);
+        b.iter(|| {
+            let out = dpm
+                .sample(
+                    &sde,
+                    &score,
+                    (batch, 2),
+                    &Device::Cpu,
+                    DType::F32,
+                    &mut noise,
+                )
+                .expect("sampling succeeds");
+            sync(&out.x)
+        })
+    });
+    let uni = Sampler::new(UniPc::default(), sched, 99);
+    group.bench_function("cpu_unipc_gmm2d_b10000_nfe100", |b| {
+        let mut noise = BlockNoise::new(0);
+        b.iter(|| {
+            let out = uni
+                .sample(
+                    &sde,
+                    &score,
+                    (batch, 2),
+                    &Device::Cpu,
+                    DType::F32,
+                    &mut noise,
+                )
+                .expect("sampling succeeds");
+            sync(&out.x)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pc_sampler, sampler_driver);
 criterion_main!(benches);

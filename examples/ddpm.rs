@@ -24,9 +24,12 @@ use scoresde::images::{self, ImageArgs};
 use scoresde::toy::{self, host, AnyResult, ToyArgs};
 use sde_core::{ScoreModelFn, Sde, SubVpSde, VpSde};
 use sde_solvers::corrector::NoCorrector;
+use sde_solvers::driver::Sampler;
 use sde_solvers::ode_sampler::{OdeSampler, OdeSamplerOptions};
 use sde_solvers::pc::PcSampler;
 use sde_solvers::predictor::{AncestralSamplingPredictor, ReverseDiffusionPredictor};
+use sde_solvers::samplers::SamplerKind;
+use sde_solvers::schedule::Schedule;
 use sde_train::{DdpmLoss, SdeLoss, SdeLossOptions, Toy2d};
 
 #[derive(Parser, Debug)]
@@ -40,6 +43,13 @@ struct Args {
     /// Weight the continuous loss by g² (likelihood weighting).
     #[arg(long)]
     likelihood_weighting: bool,
+    /// Also sample with a fast sampler, uniform in log-SNR: ddim, ddim-eta1, dpm++2m, dpm++3m,
+    /// dpm++2s, sde-dpm++2m, unipc, heun.
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Steps of the `--sampler`.
+    #[arg(long, default_value_t = 20)]
+    sampler_steps: usize,
     /// Output directory.
     #[arg(long, default_value = "target/examples/ddpm")]
     out: PathBuf,
@@ -57,12 +67,26 @@ fn main() -> AnyResult<()> {
     }
     a.run.apply_quick();
     let toy_kind = toy::parse_toy(&a.run.toy)?;
+    // The discrete DDPM loss trains on the 1000-step table, and its labels index that table:
+    // the SDE keeps it (N = 1000), whatever `--n-steps` says; the samplers own their step
+    // counts (the chain samplers walk the SDE's N, `--sampler` its `--sampler-steps`).
+    let n_sde = if a.loss == "ddpm" {
+        1000
+    } else {
+        a.run.n_steps
+    };
+    if a.loss == "ddpm" && a.run.n_steps != 1000 {
+        println!(
+            "  --loss ddpm: the SDE keeps the 1000-step table the model is trained on (ancestral \
+             sampling and reverse diffusion walk its 1000 steps); use --sampler for fewer steps"
+        );
+    }
     match a.images.sde.as_deref().unwrap_or("vp") {
         "vp" => run(
             &a,
             toy_kind,
-            &VpSde::new(0.1, 20.0, a.run.n_steps)?,
-            Some(&VpSde::new(0.1, 20.0, a.run.n_steps)?),
+            &VpSde::new(0.1, 20.0, n_sde)?,
+            Some(&VpSde::new(0.1, 20.0, n_sde)?),
         ),
         "subvp" => run(
             &a,
@@ -102,14 +126,8 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
             )?
         }
         ("ddpm", Some(vp)) => {
-            // the discrete loss indexes the 1000-step DDPM table, as the reference does
-            let table = VpSde::new(vp.beta_min(), vp.beta_max(), 1000)?;
-            toy::train_mlp(
-                &MlpConfig::vp(2),
-                DdpmLoss::new(&table, true),
-                &run,
-                Some(&log),
-            )?
+            // the discrete loss indexes the 1000-step DDPM table of the SDE, as the reference does
+            toy::train_mlp(&MlpConfig::vp(2), DdpmLoss::new(vp, true), &run, Some(&log))?
         }
         ("ddpm", None) => {
             return Err("--loss ddpm needs the VP SDE (sub-VP has no DDPM chain)".into())
@@ -138,7 +156,7 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
         )?;
         results.push((
             "ancestral sampling (DDPM)",
-            out.nfe,
+            out.score_evals,
             host(&out.x)?,
             t.elapsed().as_secs_f64(),
         ));
@@ -155,10 +173,38 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
     )?;
     results.push((
         "reverse diffusion",
-        out.nfe,
+        out.score_evals,
         host(&out.x)?,
         t.elapsed().as_secs_f64(),
     ));
+    // A fast sampler (`--sampler`), uniform in log-SNR from T to 1e-3.
+    let fast_name = a
+        .sampler
+        .clone()
+        .map(|n| format!("{n} ({} steps)", a.sampler_steps));
+    if let (Some(name), Some(label)) = (&a.sampler, &fast_name) {
+        let kind: SamplerKind = name.parse()?;
+        let t = Instant::now();
+        let out = Sampler::new(
+            kind,
+            Schedule::UniformLogSnr { sampling_eps: 1e-3 },
+            a.sampler_steps,
+        )
+        .sample(
+            sde,
+            &score,
+            shape.clone(),
+            &Device::Cpu,
+            DType::F32,
+            &mut rng,
+        )?;
+        results.push((
+            label.as_str(),
+            out.nfe,
+            host(&out.x)?,
+            t.elapsed().as_secs_f64(),
+        ));
+    }
     // Probability-flow trajectories of 32 particles (the discretised ODE: smooth paths).
     let mut paths = Vec::new();
     PcSampler::new(ReverseDiffusionPredictor::new(true), NoCorrector).sample_observed(
@@ -168,7 +214,7 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
         &Device::Cpu,
         DType::F32,
         &mut rng,
-        toy::trajectory_recorder(32, (a.run.n_steps / 200).max(1), a.run.n_steps, &mut paths),
+        toy::trajectory_recorder(32, (sde.n() / 200).max(1), sde.n(), &mut paths),
     )?;
     // Probability-flow ODE (adaptive RK45).
     let t = Instant::now();
@@ -215,7 +261,7 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
     )?;
     toy::trajectories_png(&a.out.join("trajectories.png"), &paths, &data, range)?;
     let summary_json = serde_json::json!({
-        "example": "ddpm", "sde": if vp.is_some() { "VP" } else { "sub-VP" }, "N": a.run.n_steps, "toy": a.run.toy,
+        "example": "ddpm", "sde": if vp.is_some() { "VP" } else { "sub-VP" }, "N": sde.n(), "sampler": a.sampler, "sampler_steps": a.sampler_steps, "toy": a.run.toy,
         "training": {"loss": a.loss, "likelihood_weighting": a.likelihood_weighting, "steps": a.run.steps, "batch": a.run.batch, "lr": a.run.lr, "loss_first": first, "loss_last": last, "seconds": train_s},
         "samplers": json_samplers, "held_out_likelihood": lik,
     });

@@ -24,8 +24,11 @@ use scoresde::images::{self, ImageArgs};
 use scoresde::toy::{self, host, AnyResult, ToyArgs};
 use sde_core::{ScoreModelFn, VeSde};
 use sde_solvers::corrector::{AnnealedLangevinDynamics, LangevinCorrector, NoCorrector};
+use sde_solvers::driver::Sampler;
 use sde_solvers::pc::PcSampler;
 use sde_solvers::predictor::{NoPredictor, ReverseDiffusionPredictor};
+use sde_solvers::samplers::SamplerKind;
+use sde_solvers::schedule::Schedule;
 use sde_train::{SdeLoss, SdeLossOptions};
 
 #[derive(Parser, Debug)]
@@ -42,6 +45,13 @@ struct Args {
     /// Signal-to-noise ratio of the Langevin corrector.
     #[arg(long, default_value_t = 0.16)]
     snr: f64,
+    /// Also sample with a fast sampler on EDM's ρ-schedule: ddim, ddim-eta1, dpm++2m, dpm++3m,
+    /// dpm++2s, sde-dpm++2m, unipc, heun.
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Steps of the `--sampler`.
+    #[arg(long, default_value_t = 30)]
+    sampler_steps: usize,
     /// Output directory.
     #[arg(long, default_value = "target/examples/smld")]
     out: PathBuf,
@@ -129,7 +139,36 @@ fn main() -> AnyResult<()> {
     )?;
     // Reverse diffusion alone (no corrector), for comparison.
     let rd = PcSampler::new(ReverseDiffusionPredictor::new(false), NoCorrector);
-    let rd_out = rd.sample(&sde, &score, shape, &Device::Cpu, DType::F32, &mut rng)?;
+    let rd_out = rd.sample(
+        &sde,
+        &score,
+        shape.clone(),
+        &Device::Cpu,
+        DType::F32,
+        &mut rng,
+    )?;
+    // A fast sampler (`--sampler`) on EDM's ρ = 7 schedule from σ_max down to σ(1e-5).
+    let fast = match &a.sampler {
+        Some(name) => {
+            let kind: SamplerKind = name.parse()?;
+            let sched = Schedule::Karras {
+                sigma_min: sde.sigma(1e-5),
+                sigma_max: a.sigma_max,
+                rho: 7.0,
+            };
+            let t = Instant::now();
+            let out = Sampler::new(kind, sched, a.sampler_steps).sample(
+                &sde,
+                &score,
+                shape,
+                &Device::Cpu,
+                DType::F32,
+                &mut rng,
+            )?;
+            Some((name.clone(), out, t.elapsed().as_secs_f64()))
+        }
+        None => None,
+    };
 
     let data = host(&toy::toy_points(
         toy_kind,
@@ -163,16 +202,32 @@ fn main() -> AnyResult<()> {
     )?;
     toy::trajectories_png(&a.out.join("trajectories.png"), &paths, &data, range)?;
 
-    toy::print_quality("annealed Langevin (NCSN)", &q_ald, ald_out.nfe, ald_s);
-    toy::print_quality("PC: reverse diffusion+Langevin", &q_pc, pc_out.nfe, pc_s);
-    toy::print_quality("reverse diffusion only", &q_rd, rd_out.nfe, 0.0);
+    toy::print_quality(
+        "annealed Langevin (NCSN)",
+        &q_ald,
+        ald_out.score_evals,
+        ald_s,
+    );
+    toy::print_quality(
+        "PC: reverse diffusion+Langevin",
+        &q_pc,
+        pc_out.score_evals,
+        pc_s,
+    );
+    toy::print_quality("reverse diffusion only", &q_rd, rd_out.score_evals, 0.0);
+    let mut fast_json = serde_json::Value::Null;
+    if let Some((name, out, secs)) = &fast {
+        let q = toy::quality(toy_kind, &host(&out.x)?, a.run.seed)?;
+        toy::print_quality(name, &q, out.nfe, *secs);
+        fast_json = serde_json::json!({"sampler": name, "steps": a.sampler_steps, "nfe": out.nfe, "quality": q, "seconds": secs});
+    }
     toy::print_likelihood(&lik);
     let summary_json = serde_json::json!({
         "example": "smld", "sde": {"kind": "VE", "sigma_min": a.sigma_min, "sigma_max": a.sigma_max, "N": a.run.n_steps},
         "toy": a.run.toy, "training": {"steps": a.run.steps, "batch": a.run.batch, "lr": a.run.lr, "loss_first": first, "loss_last": last, "seconds": train_s},
-        "annealed_langevin": {"nfe": ald_out.nfe, "quality": q_ald, "seconds": ald_s},
-        "pc_reverse_diffusion_langevin": {"nfe": pc_out.nfe, "quality": q_pc, "seconds": pc_s},
-        "reverse_diffusion": {"nfe": rd_out.nfe, "quality": q_rd},
+        "fast_sampler": fast_json, "annealed_langevin": {"nfe": ald_out.score_evals, "quality": q_ald, "seconds": ald_s},
+        "pc_reverse_diffusion_langevin": {"nfe": pc_out.score_evals, "quality": q_pc, "seconds": pc_s},
+        "reverse_diffusion": {"nfe": rd_out.score_evals, "quality": q_rd},
         "held_out_likelihood": lik,
     });
     std::fs::write(

@@ -141,6 +141,32 @@ pub trait Sde {
         LabelConvention::ScaledTime { scale: 999.0 }
     }
 
+    /// Log signal-to-noise ratio λ(t) = log(α(t)/σ(t)) of the kernel (α the mean coefficient,
+    /// σ the std of [`marginal_coeffs`](Sde::marginal_coeffs)) at a host time `t ∈ [0, T]`: the
+    /// time variable of DPM-Solver, UniPC and DDIM. +∞ where σ(t) = 0 (VP and sub-VP at t = 0).
+    ///
+    /// The default evaluates [`marginal_coeffs`](Sde::marginal_coeffs) in f64; VE, VP and sub-VP
+    /// have closed forms. λ must decrease in t for the samplers built on it.
+    #[doc(alias = "marginal_lambda")]
+    fn log_snr(&self, t: f64) -> Result<f64> {
+        let tt = Tensor::from_vec(vec![t], 1, &Device::Cpu)?;
+        let (a, s) = self.marginal_coeffs(&tt)?;
+        let (a, s) = (to_host_f64(&a)?, to_host_f64(&s)?);
+        Ok(a[0].ln() - s[0].ln())
+    }
+
+    /// The inverse of [`log_snr`](Sde::log_snr): the t ∈ [0, T] with λ(t) = `lambda`
+    /// (`inverse_lambda`).
+    ///
+    /// The default bisects λ on [0, T] (λ decreasing, checked at the ends) to an interval of
+    /// width ≤ 4 ulp of T or 200 halvings; VE, VP and sub-VP invert in closed form. Errors with
+    /// [`Error::InvalidParameter`](crate::Error::InvalidParameter) when `lambda` lies outside
+    /// [λ(T), λ(0)] or is NaN.
+    #[doc(alias = "inverse_lambda")]
+    fn t_of_log_snr(&self, lambda: f64) -> Result<f64> {
+        bisect_log_snr(self, lambda)
+    }
+
     /// The reverse-time SDE  dx = [f − g² ∇ₓlog p_t] dt + g dw̄, or with `probability_flow` the
     /// probability-flow ODE  dx = [f − ½ g² ∇ₓlog p_t] dt (`sde.reverse(score_fn, probability_flow)`).
     fn reverse<'a, F: ScoreFn + ?Sized>(
@@ -192,6 +218,47 @@ impl<S: Sde + ?Sized> Sde for &S {
     fn label_convention(&self, continuous: bool) -> LabelConvention {
         (**self).label_convention(continuous)
     }
+    fn log_snr(&self, t: f64) -> Result<f64> {
+        (**self).log_snr(t)
+    }
+    fn t_of_log_snr(&self, lambda: f64) -> Result<f64> {
+        (**self).t_of_log_snr(lambda)
+    }
+}
+
+/// Bisection for the t with λ(t) = `lambda` on [0, T], λ decreasing (the default of
+/// [`Sde::t_of_log_snr`]).
+pub(crate) fn bisect_log_snr<S: Sde + ?Sized>(sde: &S, lambda: f64) -> Result<f64> {
+    let t_end = sde.t_end();
+    let (l_lo, l_hi) = (sde.log_snr(0.0)?, sde.log_snr(t_end)?);
+    // the ends within rounding (λ computed another way, e.g. by a closed form) are the ends
+    let tol = 64.0 * f64::EPSILON * (1.0 + lambda.abs());
+    if (lambda - l_hi).abs() <= tol {
+        return Ok(t_end);
+    }
+    if (lambda - l_lo).abs() <= tol {
+        return Ok(0.0);
+    }
+    if lambda.is_nan() || !(l_hi <= lambda && lambda <= l_lo) {
+        return Err(crate::Error::InvalidParameter {
+            name: "lambda",
+            value: lambda,
+            reason: "log-SNR outside [log_snr(T), log_snr(0)] of the SDE (or the SDE's log-SNR is not decreasing)",
+        });
+    }
+    let (mut lo, mut hi) = (0.0f64, t_end);
+    for _ in 0..200 {
+        if hi - lo <= 4.0 * f64::EPSILON * t_end {
+            break;
+        }
+        let mid = 0.5 * (lo + hi);
+        if sde.log_snr(mid)? > lambda {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(0.5 * (lo + hi))
 }
 
 /// SDEs with an ancestral-sampling rule (`AncestralSamplingPredictor`): VE (SMLD) and VP (DDPM).

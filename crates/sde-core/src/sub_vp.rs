@@ -104,4 +104,23 @@ impl Sde for SubVpSde {
     fn label_convention(&self, _continuous: bool) -> LabelConvention {
         LabelConvention::ScaledTime { scale: 999.0 }
     }
+    /// λ(t) = L − log(−expm1(2L)), L = log m(t) (α = e^L, σ = 1 − e^{2L}).
+    fn log_snr(&self, t: f64) -> Result<f64> {
+        let l = self.schedule.log_mean_coeff(t);
+        Ok(l - (-(2.0 * l).exp_m1()).ln())
+    }
+
+    /// u = e^L solves e^λ u² + u − e^λ = 0: u = 2 / (e^{−λ} + √(e^{−2λ} + 4)), then t from
+    /// L = log u in closed form (u ≈ e^λ below λ = −300, where e^{−2λ} overflows).
+    fn t_of_log_snr(&self, lambda: f64) -> Result<f64> {
+        let l = if lambda.is_nan() {
+            f64::NAN
+        } else if lambda < -300.0 {
+            lambda
+        } else {
+            let e = (-lambda).exp();
+            (2.0 / (e + (e * e + 4.0).sqrt())).ln()
+        };
+        self.schedule.t_of_log_mean_coeff(l, lambda)
+    }
 }

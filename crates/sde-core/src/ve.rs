@@ -159,6 +159,24 @@ impl Sde for VeSde {
             }
         }
     }
+    /// λ(t) = −log σ(t) = −log σ_min − t log(σ_max/σ_min) (α = 1).
+    fn log_snr(&self, t: f64) -> Result<f64> {
+        Ok(-self.sigma_min.ln() - t * (self.sigma_max / self.sigma_min).ln())
+    }
+
+    /// t = (−λ − log σ_min) / log(σ_max/σ_min), checked to lie in [0, 1].
+    fn t_of_log_snr(&self, lambda: f64) -> Result<f64> {
+        let t = (-lambda - self.sigma_min.ln()) / (self.sigma_max / self.sigma_min).ln();
+        if !(-1e-12..=1.0 + 1e-12).contains(&t) {
+            return Err(crate::Error::InvalidParameter {
+                name: "lambda",
+                value: lambda,
+                reason: "log-SNR outside [-log sigma_max, -log sigma_min]",
+            });
+        }
+        // the ends within rounding are the ends
+        Ok(t.clamp(0.0, 1.0))
+    }
 }
 
 impl AncestralSde for VeSde {

@@ -66,6 +66,23 @@ impl BetaSchedule {
         -0.25 * t * t * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
     }
 
+    /// The t ≥ 0 with log m(t) = `l` (≤ 0): the positive root of ¼Δβ t² + ½β_0 t + l = 0 in
+    /// the cancellation-free form t = −2l / (½β_0 + √(¼β_0² − Δβ l)) (DPM-Solver's
+    /// `inverse_lambda`), checked to lie in [0, 1].
+    pub fn t_of_log_mean_coeff(&self, l: f64, lambda: f64) -> Result<f64> {
+        let (b0, db) = (self.beta_0, self.beta_1 - self.beta_0);
+        let t = -2.0 * l / (0.5 * b0 + (0.25 * b0 * b0 - db * l).sqrt());
+        if !(-1e-12..=1.0 + 1e-12).contains(&t) {
+            return Err(crate::Error::InvalidParameter {
+                name: "lambda",
+                value: lambda,
+                reason: "log-SNR outside [log_snr(1), log_snr(0)] of the SDE",
+            });
+        }
+        // the ends within rounding are the ends
+        Ok(t.clamp(0.0, 1.0))
+    }
+
     /// 1 − ᾱ_i for every i, as −expm1(Σ log1p(−β_j)) (no cancellation near i = 0).
     pub fn one_minus_alphas_cumprod(&self) -> Vec<f64> {
         let mut acc = 0.0;
@@ -230,6 +247,26 @@ impl Sde for VpSde {
                 t_end: 1.0,
             }
         }
+    }
+    /// λ(t) = L − ½ log(−expm1(2L)), L = log m(t) (α = e^L, σ = √(1 − e^{2L})).
+    fn log_snr(&self, t: f64) -> Result<f64> {
+        let l = self.schedule.log_mean_coeff(t);
+        Ok(l - 0.5 * (-(2.0 * l).exp_m1()).ln())
+    }
+
+    /// L = −½ log(1 + e^{−2λ}) (from e^{2λ} = e^{2L}/(1 − e^{2L})), then t from L in closed form.
+    fn t_of_log_snr(&self, lambda: f64) -> Result<f64> {
+        let l = -0.5 * softplus(-2.0 * lambda);
+        self.schedule.t_of_log_mean_coeff(l, lambda)
+    }
+}
+
+/// log(1 + e^x) without overflow.
+pub(crate) fn softplus(x: f64) -> f64 {
+    if x > 30.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
     }
 }
 

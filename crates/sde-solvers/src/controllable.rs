@@ -1,5 +1,6 @@
-//! Controllable generation with the PC sampler (`controllable_generation.py`): inpainting,
-//! colorization, and class-conditional sampling with a classifier's gradient.
+//! Controllable generation (`controllable_generation.py`) with the PC sampler and with every
+//! sampler of the driver: inpainting, colorization, and class-conditional sampling with a
+//! classifier's gradient.
 //!
 //! - [`PcSampler::inpaint`]: known entries given by a 0/1 mask are replaced after every
 //!   corrector and predictor update by the forward-noised data, x ← x ⊙ (1−m) + (a_t y + σ_t z) ⊙ m
@@ -14,9 +15,11 @@ use sde_core::noise::{randn_like, NoiseSource};
 use sde_core::{mul_batch, ScoreFn, Sde};
 
 use crate::corrector::Corrector;
+use crate::driver::{SampleOutput, Sampler};
 use crate::error::{Error, Result};
 use crate::pc::{PcOutput, PcSampler};
 use crate::predictor::{Predictor, Update};
+use crate::step::Step;
 
 /// The reference's decoupling matrix M (columns (1,1,1)/√3, (−2,1,1)/√6, (0,1,−1)/√2), exact in
 /// f64: decouple(x)_j = Σ_i x_i M_ij, and since M is orthonormal couple = M⁻¹ = Mᵀ.
@@ -51,6 +54,91 @@ fn couple(x: &Tensor) -> Result<Tensor> {
     channel_mix(x, &mt)
 }
 
+/// The inpainting mask as `data`'s dtype, broadcast to its shape, with its complement; checks
+/// that every entry is 0 or 1 ([`Error::InvalidMask`]).
+fn inpainting_mask(data: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor)> {
+    if let Some((index, &value)) = sde_core::to_host_f64(mask)?
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(**v == 0.0 || **v == 1.0))
+    {
+        return Err(Error::InvalidMask {
+            what: "inpainting mask",
+            value,
+            index,
+        });
+    }
+    let mask = mask
+        .to_dtype(data.dtype())?
+        .broadcast_as(data.shape())
+        .map_err(|_| Error::ShapeMismatch {
+            what: "inpainting mask",
+            expected: format!("{:?} or broadcastable to it", data.dims()),
+            got: format!("{:?}", mask.dims()),
+        })?
+        .contiguous()?;
+    let inv = mask.affine(-1.0, 1.0)?;
+    Ok((mask, inv))
+}
+
+/// The inpainting projection at time t: x ← x ⊙ (1 − m) + (a_t y + σ_t z) ⊙ m,
+/// x̄ ← x̄ ⊙ (1 − m) + a_t y ⊙ m.
+fn inpaint_projection<'a, S: Sde + ?Sized, N: NoiseSource + ?Sized>(
+    sde: &'a S,
+    data: &'a Tensor,
+    mask: &'a Tensor,
+    inv: &'a Tensor,
+) -> impl FnMut(Update, &Tensor, &mut N) -> Result<Update> + 'a {
+    move |up, t, noise| {
+        let (mean, std) = sde.marginal_prob(data, t)?;
+        let z = randn_like(&up.x, noise)?;
+        let masked = (&mean + mul_batch(&std, &z)?)?;
+        Ok(Update {
+            x: ((&up.x * inv)? + (masked * mask)?)?,
+            x_mean: ((&up.x_mean * inv)? + (mean * mask)?)?,
+        })
+    }
+}
+
+/// The colorization setup: (mask over the decoupled channels, its complement, the decoupled
+/// grey images); checks `gray: [B, 3, ...]`.
+fn colorization_parts(gray: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    if gray.rank() < 2 || gray.dim(1)? != 3 {
+        return Err(Error::ShapeMismatch {
+            what: "colorization input",
+            expected: "[B, 3, ...] (RGB channels)".into(),
+            got: format!("{:?}", gray.dims()),
+        });
+    }
+    let mut mshape = vec![1usize; gray.rank()];
+    mshape[1] = 3;
+    let mask = Tensor::from_vec(vec![1f32, 0.0, 0.0], mshape, gray.device())?
+        .to_dtype(gray.dtype())?
+        .broadcast_as(gray.shape())?
+        .contiguous()?;
+    let inv = mask.affine(-1.0, 1.0)?;
+    let known = decouple(gray)?;
+    Ok((mask, inv, known))
+}
+
+/// The colorization projection at time t, in the decoupled space.
+fn colorize_projection<'a, S: Sde + ?Sized, N: NoiseSource + ?Sized>(
+    sde: &'a S,
+    known: &'a Tensor,
+    mask: &'a Tensor,
+    inv: &'a Tensor,
+) -> impl FnMut(Update, &Tensor, &mut N) -> Result<Update> + 'a {
+    move |up, t, noise| {
+        let (mean, std) = sde.marginal_prob(known, t)?;
+        let z = randn_like(&up.x, noise)?;
+        let masked = (&mean + mul_batch(&std, &z)?)?;
+        Ok(Update {
+            x: couple(&((decouple(&up.x)? * inv)? + (masked * mask)?)?)?,
+            x_mean: couple(&((decouple(&up.x_mean)? * inv)? + (mean * mask)?)?)?,
+        })
+    }
+}
+
 impl<P, C> PcSampler<P, C> {
     /// PC inpainting (`controllable_generation.get_pc_inpainter`): fills the entries of `data`
     /// where `mask` is 0, keeping those where it is 1.
@@ -60,10 +148,12 @@ impl<P, C> PcSampler<P, C> {
     /// x ← x ⊙ (1 − m) + (a_t y + σ_t z) ⊙ m,  x̄ ← x̄ ⊙ (1 − m) + a_t y ⊙ m.
     ///
     /// `data: [B, ...]`, `mask`: the shape of `data` or broadcastable to it (e.g. `[1, ...]`),
-    /// with values in {0, 1}. Differs from the reference in one place: the reference builds
+    /// with values in {0, 1} (anything else is [`Error::InvalidMask`]). Differs from the
+    /// reference in one place: the reference builds
     /// x̄ from the noisy x (`x_mean = x * (1 - mask) + ...` after reassigning x), so its
     /// `denoise` does not denoise the inpainted entries; here x̄ keeps the update's own mean.
     /// Draws: prior, then per update the update's draws and one for the known entries.
+    /// Every other sampler inpaints through [`Sampler::inpaint`].
     #[doc(alias = "get_pc_inpainter")]
     pub fn inpaint<S, F, N>(
         &self,
@@ -80,16 +170,7 @@ impl<P, C> PcSampler<P, C> {
         F: ScoreFn + ?Sized,
         N: NoiseSource + ?Sized,
     {
-        let mask = mask
-            .to_dtype(data.dtype())?
-            .broadcast_as(data.shape())
-            .map_err(|_| Error::ShapeMismatch {
-                what: "inpainting mask",
-                expected: format!("{:?} or broadcastable to it", data.dims()),
-                got: format!("{:?}", mask.dims()),
-            })?
-            .contiguous()?;
-        let inv = mask.affine(-1.0, 1.0)?;
+        let (mask, inv) = inpainting_mask(data, mask)?;
         let prior = sde.prior_sampling(data.shape(), data.device(), data.dtype(), noise)?;
         let x_init = ((data * &mask)? + (prior * &inv)?)?;
         self.run_with(
@@ -97,15 +178,7 @@ impl<P, C> PcSampler<P, C> {
             score,
             &x_init,
             noise,
-            |up, t, noise| {
-                let (mean, std) = sde.marginal_prob(data, t)?;
-                let z = randn_like(&up.x, noise)?;
-                let masked = (&mean + mul_batch(&std, &z)?)?;
-                Ok(Update {
-                    x: ((&up.x * &inv)? + (masked * &mask)?)?,
-                    x_mean: ((&up.x_mean * &inv)? + (mean * &mask)?)?,
-                })
-            },
+            inpaint_projection(sde, data, &mask, &inv),
             |_, _, _| {},
         )
     }
@@ -134,21 +207,7 @@ impl<P, C> PcSampler<P, C> {
         F: ScoreFn + ?Sized,
         N: NoiseSource + ?Sized,
     {
-        if gray.rank() < 2 || gray.dim(1)? != 3 {
-            return Err(Error::ShapeMismatch {
-                what: "colorization input",
-                expected: "[B, 3, ...] (RGB channels)".into(),
-                got: format!("{:?}", gray.dims()),
-            });
-        }
-        let mut mshape = vec![1usize; gray.rank()];
-        mshape[1] = 3;
-        let mask = Tensor::from_vec(vec![1f32, 0.0, 0.0], mshape, gray.device())?
-            .to_dtype(gray.dtype())?
-            .broadcast_as(gray.shape())?
-            .contiguous()?;
-        let inv = mask.affine(-1.0, 1.0)?;
-        let known = decouple(gray)?;
+        let (mask, inv, known) = colorization_parts(gray)?;
         let prior = sde.prior_sampling(gray.shape(), gray.device(), gray.dtype(), noise)?;
         let x_init = couple(&((&known * &mask)? + (decouple(&prior)? * &inv)?)?)?;
         self.run_with(
@@ -156,15 +215,66 @@ impl<P, C> PcSampler<P, C> {
             score,
             &x_init,
             noise,
-            |up, t, noise| {
-                let (mean, std) = sde.marginal_prob(&known, t)?;
-                let z = randn_like(&up.x, noise)?;
-                let masked = (&mean + mul_batch(&std, &z)?)?;
-                Ok(Update {
-                    x: couple(&((decouple(&up.x)? * &inv)? + (masked * &mask)?)?)?,
-                    x_mean: couple(&((decouple(&up.x_mean)? * &inv)? + (mean * &mask)?)?)?,
-                })
-            },
+            colorize_projection(sde, &known, &mask, &inv),
+            |_, _, _| {},
+        )
+    }
+}
+
+impl<St> Sampler<St> {
+    /// Inpainting with any sampler: the projection of [`PcSampler::inpaint`] applied after
+    /// every step (at the time the step reached, [`Step::result_time`]) and to the denoised
+    /// result (noise-free); the mask must hold only 0 and 1 ([`Error::InvalidMask`]).
+    pub fn inpaint<S, F, N>(
+        &self,
+        sde: &S,
+        score: &F,
+        data: &Tensor,
+        mask: &Tensor,
+        noise: &mut N,
+    ) -> Result<SampleOutput>
+    where
+        S: Sde + ?Sized,
+        St: Step<S>,
+        F: ScoreFn + ?Sized,
+        N: NoiseSource + ?Sized,
+    {
+        let (mask, inv) = inpainting_mask(data, mask)?;
+        let prior = sde.prior_sampling(data.shape(), data.device(), data.dtype(), noise)?;
+        let x_init = ((data * &mask)? + (prior * &inv)?)?;
+        self.run_constrained(
+            sde,
+            score,
+            &x_init,
+            noise,
+            inpaint_projection(sde, data, &mask, &inv),
+            |_, _, _| {},
+        )
+    }
+
+    /// Colorization with any sampler (see [`PcSampler::colorize`]).
+    pub fn colorize<S, F, N>(
+        &self,
+        sde: &S,
+        score: &F,
+        gray: &Tensor,
+        noise: &mut N,
+    ) -> Result<SampleOutput>
+    where
+        S: Sde + ?Sized,
+        St: Step<S>,
+        F: ScoreFn + ?Sized,
+        N: NoiseSource + ?Sized,
+    {
+        let (mask, inv, known) = colorization_parts(gray)?;
+        let prior = sde.prior_sampling(gray.shape(), gray.device(), gray.dtype(), noise)?;
+        let x_init = couple(&((&known * &mask)? + (decouple(&prior)? * &inv)?)?)?;
+        self.run_constrained(
+            sde,
+            score,
+            &x_init,
+            noise,
+            colorize_projection(sde, &known, &mask, &inv),
             |_, _, _| {},
         )
     }

@@ -53,6 +53,51 @@ pub enum Error {
     /// The operation is not defined for this input.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    // --- sampler framework (schedules, steps, driver) ---
+    /// A time schedule is not usable: fewer than one step, a time outside (0, T], not strictly
+    /// decreasing, or not finite.
+    #[error("invalid schedule {schedule}: {reason} (at index {index}, value {value})")]
+    InvalidSchedule {
+        /// Which schedule (e.g. "Times", "Karras").
+        schedule: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+        /// Position of the offending value (0 when the whole schedule is at fault).
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A score function returned a tensor of the wrong shape or dtype.
+    #[error(
+        "score function `{score_fn}` returned shape {got_shape:?} dtype {got_dtype:?} at step {step} \
+         (t = {t}); expected shape {expected_shape:?} dtype {expected_dtype:?} (those of x)"
+    )]
+    ScoreOutput {
+        /// Type name of the score function.
+        score_fn: &'static str,
+        /// The shape of x.
+        expected_shape: Vec<usize>,
+        /// The shape returned.
+        got_shape: Vec<usize>,
+        /// The dtype of x.
+        expected_dtype: candle_core::DType,
+        /// The dtype returned.
+        got_dtype: candle_core::DType,
+        /// Step index of the driver.
+        step: usize,
+        /// Time of that step.
+        t: f64,
+    },
+    /// A mask (inpainting) holds a value other than 0 or 1.
+    #[error("{what} must hold only 0 and 1, got {value} at flat index {index}")]
+    InvalidMask {
+        /// Which mask.
+        what: &'static str,
+        /// The offending value.
+        value: f64,
+        /// Its flat index.
+        index: usize,
+    },
     /// An error from `sde-core` (SDE, score function or model).
     #[error(transparent)]
     Core(#[from] sde_core::Error),

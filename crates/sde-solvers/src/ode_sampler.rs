@@ -11,8 +11,13 @@ use crate::ode::{OdeMethod, OdeSolution, Rowwise};
 /// Options of [`OdeSampler`], mirroring `get_ode_sampler(sde, shape, inverse_scaler, denoise,
 /// rtol, atol, method, eps)`. Defaults: RK45 with `rtol = atol = 1e-5` and
 /// [`ErrorNorm::Batch`](crate::ode::ErrorNorm::Batch) (the reference's scipy call),
-/// `sampling_eps = 1e-3`, `denoise = false`, `solver_dtype = F64` (scipy integrates in float64;
+/// `sampling_eps = 1e-3`, `denoise = true`, `solver_dtype = F64` (scipy integrates in float64;
 /// the score is evaluated in the data's dtype).
+///
+/// `denoise` defaults to `true`, as in [`PcSampler`](crate::pc::PcSampler) and the driver
+/// ([`Sampler`](crate::driver::Sampler)): `get_ode_sampler`'s own default is `False`, but the
+/// reference samples through `get_sampling_fn`, which passes its configs'
+/// `noise_removal = True` to both samplers; without it samples keep noise of std σ(ε).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OdeSamplerOptions {
     /// The integrator (`method`, `rtol`, `atol`).
@@ -34,7 +39,7 @@ impl Default for OdeSamplerOptions {
         Self {
             method: OdeMethod::default(),
             sampling_eps: 1e-3,
-            denoise: false,
+            denoise: true,
             solver_dtype: DType::F64,
         }
     }

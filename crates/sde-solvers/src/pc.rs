@@ -1,14 +1,15 @@
 //! The predictor–corrector sampler (`sampling.get_pc_sampler`).
 
-use std::cell::Cell;
-
 use candle_core::{DType, Device, Shape, Tensor};
 use sde_core::noise::NoiseSource;
 use sde_core::{ScoreFn, ScoreModel, ScoreModelFn, Sde};
 
 use crate::corrector::Corrector;
+use crate::driver::drive;
 use crate::error::{Error, Result};
 use crate::predictor::{Predictor, Update};
+use crate::schedule::Schedule;
+use crate::step::{Step, StepCtx, StepIo};
 
 /// The sampler's time grid t_i = linspace(T, ε, N)_i, i = 0..N (`torch.linspace(sde.T, eps, sde.N)`).
 ///
@@ -76,31 +77,60 @@ pub fn time_grid(t_end: f64, sampling_eps: f64, n: usize, dtype: DType) -> Resul
 pub struct PcOutput {
     /// The samples, `[B, ...]`: the last x̄ with `denoise`, else the last x.
     pub x: Tensor,
-    /// NFE as the reference reports it: N · (`n_steps_each` + 1), whatever the parts do.
+    /// The reference's nominal count N · (`n_steps_each` + 1), whatever the parts evaluate
+    /// (what `get_pc_sampler` returns; kept under this name so results compare with the
+    /// reference's). The evaluations actually made are [`score_evals`](Self::score_evals).
     pub nfe: usize,
-    /// Score evaluations actually made (each batched call counts once).
+    /// The same nominal count under its explicit name (as [`SampleOutput::nfe_nominal`](crate::driver::SampleOutput::nfe_nominal)).
+    pub nfe_nominal: usize,
+    /// NFE: score evaluations actually made (each batched call counts once); the meaning of
+    /// `nfe` everywhere else in this crate ([`SampleOutput::nfe`](crate::driver::SampleOutput::nfe), the ODE sampler).
     pub score_evals: usize,
 }
 
-/// Counts the calls to a score function.
-struct Counting<'a, F: ?Sized> {
-    inner: &'a F,
-    calls: Cell<usize>,
+/// The predictor–corrector composition as one [`Step`]: at t_i the corrector (its update passed
+/// through the driver's constraint hook and checked, [`StepIo::intermediate`]), then the
+/// predictor ([`Predictor::update_step`]). The PC sampler is the driver over this step on the
+/// reference schedule; any predictor and corrector run on any schedule through
+/// [`Sampler`](crate::driver::Sampler)`<PcStep<P, C>>` (the reverse-diffusion and ancestral
+/// predictors need the SDE's own chain, [`GridKind::SdeChain`](crate::step::GridKind)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PcStep<P, C> {
+    /// The predictor.
+    pub predictor: P,
+    /// The corrector.
+    pub corrector: C,
 }
 
-impl<F: ScoreFn + ?Sized> ScoreFn for Counting<'_, F> {
-    fn score(&self, x: &Tensor, t: &Tensor) -> sde_core::Result<Tensor> {
-        self.calls.set(self.calls.get() + 1);
-        self.inner.score(x, t)
-    }
-    fn score_with_vjp(
+impl<S: Sde + ?Sized, P: Predictor<S>, C: Corrector<S>> Step<S> for PcStep<P, C> {
+    type State = ();
+
+    fn step<F: ScoreFn + ?Sized, N: NoiseSource + ?Sized>(
         &self,
+        ctx: &StepCtx,
+        sde: &S,
+        score: &F,
         x: &Tensor,
-        t: &Tensor,
-        v: &Tensor,
-    ) -> sde_core::Result<(Tensor, Tensor)> {
-        self.calls.set(self.calls.get() + 1);
-        self.inner.score_with_vjp(x, t, v)
+        _state: &mut (),
+        io: &mut StepIo<'_, N>,
+    ) -> Result<Update> {
+        let t = time_vec(ctx.t, x.dim(0)?, x)?;
+        let up = self.corrector.update(sde, score, x, &t, io.noise())?;
+        let up = io.intermediate(up, &t, "x after the corrector")?;
+        self.predictor
+            .update_step(ctx, sde, score, &up.x, &t, io.noise())
+    }
+
+    fn result_time(&self, ctx: &StepCtx) -> f64 {
+        ctx.t
+    }
+
+    fn result_name(&self) -> &'static str {
+        "x after the predictor"
+    }
+
+    fn nfe_nominal(&self, n: usize) -> Option<usize> {
+        Some(n * (self.corrector.n_steps_each() + 1))
     }
 }
 
@@ -136,7 +166,7 @@ impl<F: ScoreFn + ?Sized> ScoreFn for Counting<'_, F> {
 /// );
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
 /// let out = sampler.sample(&sde, &score, (2000, 2), &Device::Cpu, DType::F32, &mut rng)?;
-/// assert_eq!(out.nfe, 400);
+/// assert_eq!((out.nfe_nominal, out.score_evals), (400, 400));
 /// let mean = out.x.mean_all()?.to_scalar::<f32>()?;
 /// assert!((mean - 0.3).abs() < 0.05, "{mean}");
 /// # Ok::<(), sde_solvers::Error>(())
@@ -277,7 +307,8 @@ impl<P, C> PcSampler<P, C> {
 
     /// The sampling loop: at each of the N times, corrector then predictor, each update passed
     /// through `project(update, t, noise)` (the identity for plain sampling; inpainting and
-    /// colorization put the known part back there), then `observer(i, t_i, &x)`.
+    /// colorization put the known part back there), then `observer(i, t_i, &x)`: the driver
+    /// ([`crate::driver`]) over a [`PcStep`] on [`Schedule::Reference`] with N = [`Sde::n`].
     pub(crate) fn run_with<S, F, N>(
         &self,
         sde: &S,
@@ -285,7 +316,7 @@ impl<P, C> PcSampler<P, C> {
         x_init: &Tensor,
         noise: &mut N,
         mut project: impl FnMut(Update, &Tensor, &mut N) -> Result<Update>,
-        mut observer: impl FnMut(usize, f64, &Tensor),
+        observer: impl FnMut(usize, f64, &Tensor),
     ) -> Result<PcOutput>
     where
         S: Sde + ?Sized,
@@ -294,38 +325,46 @@ impl<P, C> PcSampler<P, C> {
         F: ScoreFn + ?Sized,
         N: NoiseSource + ?Sized,
     {
-        let n = sde.n();
-        let grid = time_grid(sde.t_end(), self.sampling_eps, n, x_init.dtype())?;
-        let counting = Counting {
-            inner: score,
-            calls: Cell::new(0),
+        let step = PcStep {
+            predictor: &self.predictor,
+            corrector: &self.corrector,
         };
-        let batch = x_init.dim(0)?;
-        let mut x = x_init.clone();
-        let mut x_mean = x.clone();
-        for (i, &ti) in grid.iter().enumerate() {
-            let t = time_vec(ti, batch, &x)?;
-            let up = self.corrector.update(sde, &counting, &x, &t, noise)?;
-            let up = project(up, &t, noise)?;
-            check_finite(&up.x, "x after the corrector", i, ti)?;
-            let up = self.predictor.update(sde, &counting, &up.x, &t, noise)?;
-            let up = project(up, &t, noise)?;
-            check_finite(&up.x, "x after the predictor", i, ti)?;
-            x = up.x;
-            x_mean = up.x_mean;
-            observer(i, ti, &x);
-        }
-        check_finite(
-            &x_mean,
-            "x_mean of the last step",
-            n.saturating_sub(1),
-            self.sampling_eps,
+        let out = drive(
+            &step,
+            &Schedule::Reference {
+                sampling_eps: self.sampling_eps,
+            },
+            sde.n(),
+            self.denoise,
+            sde,
+            score,
+            x_init,
+            noise,
+            &mut project,
+            observer,
         )?;
+        let nominal = out.nfe_nominal.unwrap_or(out.nfe);
         Ok(PcOutput {
-            x: if self.denoise { x_mean } else { x },
-            nfe: n * (self.corrector.n_steps_each() + 1),
-            score_evals: counting.calls.get(),
+            x: out.x,
+            nfe: nominal,
+            nfe_nominal: nominal,
+            score_evals: out.nfe,
         })
+    }
+
+    /// This sampler as the general driver ([`Sampler`](crate::driver::Sampler) over a
+    /// [`PcStep`]) on the reference schedule, to change its schedule or step count.
+    pub fn into_sampler(self) -> crate::driver::Sampler<PcStep<P, C>> {
+        crate::driver::Sampler::with_sde_steps(
+            PcStep {
+                predictor: self.predictor,
+                corrector: self.corrector,
+            },
+            Schedule::Reference {
+                sampling_eps: self.sampling_eps,
+            },
+        )
+        .denoise(self.denoise)
     }
 }
 

@@ -211,6 +211,7 @@ fn float32_solver_state() {
     let score = GaussianScore::isotropic(&sde, 0.3, 0.6).unwrap();
     let opts = OdeSamplerOptions {
         solver_dtype: DType::F32,
+        denoise: false,
         ..Default::default()
     };
     let out = OdeSampler::new(&sde, &score, opts)

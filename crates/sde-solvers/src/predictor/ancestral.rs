@@ -7,6 +7,7 @@ use sde_core::{AncestralSde, ScoreFn};
 use super::fused::{Coeff, Terms};
 use super::{Predictor, Update};
 use crate::error::Result;
+use crate::step::StepCtx;
 
 /// Ancestral sampling predictor (`AncestralSamplingPredictor`), the original samplers of
 /// SMLD and DDPM, for SDEs implementing [`AncestralSde`] (VE and VP; sub-VP has no ancestral
@@ -67,5 +68,19 @@ impl<S: AncestralSde + ?Sized> Predictor<S> for AncestralSamplingPredictor {
             z: Some((&z, &std)),
         }
         .apply()
+    }
+
+    /// Refuses grids other than the SDE's chain ([`GridKind::SdeChain`](crate::step::GridKind)).
+    fn update_step<F: ScoreFn + ?Sized, N: NoiseSource + ?Sized>(
+        &self,
+        ctx: &StepCtx,
+        sde: &S,
+        score: &F,
+        x: &Tensor,
+        t: &Tensor,
+        noise: &mut N,
+    ) -> Result<Update> {
+        super::require_chain(ctx, "ancestral sampling")?;
+        self.update(sde, score, x, t, noise)
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! | type | rule | SDEs |
 //! |---|---|---|
-//! | [`EulerMaruyamaPredictor`] | x̄ = x − f̃(x,t) Δt,  x = x̄ + g̃(t) √Δt z | any |
+//! | [`EulerMaruyamaPredictor`] | x̄ = x − f̃(x,t) Δt,  x = x̄ + g̃(t) √Δt z (Δt = T/N on the reference grid, t − t_next on others) | any |
 //! | [`ReverseDiffusionPredictor`] | x̄ = x − (f_i − G_i² s),  x = x̄ + G_i z | any |
 //! | [`AncestralSamplingPredictor`] | SMLD / DDPM ancestral step | [`sde_core::AncestralSde`] (VE, VP) |
 //! | [`NoPredictor`] | x̄ = x | any |
@@ -26,6 +26,7 @@ use sde_core::noise::NoiseSource;
 use sde_core::{AncestralSde, ScoreFn, Sde};
 
 use crate::error::{Error, Result};
+use crate::step::{GridKind, StepCtx};
 
 /// The result of one predictor or corrector step (Python: `return x, x_mean`).
 ///
@@ -73,6 +74,23 @@ pub trait Predictor<S: Sde + ?Sized> {
         t: &Tensor,
         noise: &mut N,
     ) -> Result<Update>;
+
+    /// One step inside the driver, seeing the step context (`t = ctx.t` as a tensor). Default:
+    /// [`update`](Predictor::update), which assumes the reference grid.
+    /// [`EulerMaruyamaPredictor`] takes its Δt from `ctx.dt`; [`ReverseDiffusionPredictor`] and
+    /// [`AncestralSamplingPredictor`] follow the SDE's discrete chain and refuse other grids.
+    fn update_step<F: ScoreFn + ?Sized, N: NoiseSource + ?Sized>(
+        &self,
+        ctx: &StepCtx,
+        sde: &S,
+        score: &F,
+        x: &Tensor,
+        t: &Tensor,
+        noise: &mut N,
+    ) -> Result<Update> {
+        let _ = ctx;
+        self.update(sde, score, x, t, noise)
+    }
 }
 
 impl<S: Sde + ?Sized, P: Predictor<S> + ?Sized> Predictor<S> for &P {
@@ -85,6 +103,31 @@ impl<S: Sde + ?Sized, P: Predictor<S> + ?Sized> Predictor<S> for &P {
         noise: &mut N,
     ) -> Result<Update> {
         (**self).update(sde, score, x, t, noise)
+    }
+    fn update_step<F: ScoreFn + ?Sized, N: NoiseSource + ?Sized>(
+        &self,
+        ctx: &StepCtx,
+        sde: &S,
+        score: &F,
+        x: &Tensor,
+        t: &Tensor,
+        noise: &mut N,
+    ) -> Result<Update> {
+        (**self).update_step(ctx, sde, score, x, t, noise)
+    }
+}
+
+/// [`Error::Unsupported`] unless the grid is the SDE's own chain (for the predictors built on
+/// [`Sde::discretize`] or an ancestral rule, defined on that grid only).
+pub(crate) fn require_chain(ctx: &StepCtx, what: &str) -> Result<()> {
+    match ctx.grid {
+        GridKind::SdeChain => Ok(()),
+        GridKind::Free => Err(Error::Unsupported(format!(
+            "{what} follows the SDE's N-step discrete chain: use Schedule::Reference with \
+             n_steps = sde.n(), or Euler–Maruyama / the samplers of `samplers` on other grids \
+             (step {} of {}, t = {})",
+            ctx.i, ctx.n, ctx.t
+        ))),
     }
 }
 
@@ -151,6 +194,7 @@ impl PredictorKind {
 
     fn update_common<S: Sde + ?Sized, F: ScoreFn + ?Sized, N: NoiseSource + ?Sized>(
         self,
+        ctx: Option<&StepCtx>,
         sde: &S,
         score: &F,
         x: &Tensor,
@@ -158,12 +202,20 @@ impl PredictorKind {
         noise: &mut N,
     ) -> Result<Option<Update>> {
         Ok(match self {
-            PredictorKind::EulerMaruyama { probability_flow } => Some(
-                EulerMaruyamaPredictor::new(probability_flow).update(sde, score, x, t, noise)?,
-            ),
-            PredictorKind::ReverseDiffusion { probability_flow } => Some(
-                ReverseDiffusionPredictor::new(probability_flow).update(sde, score, x, t, noise)?,
-            ),
+            PredictorKind::EulerMaruyama { probability_flow } => {
+                let p = EulerMaruyamaPredictor::new(probability_flow);
+                Some(match ctx {
+                    Some(ctx) => p.update_step(ctx, sde, score, x, t, noise)?,
+                    None => p.update(sde, score, x, t, noise)?,
+                })
+            }
+            PredictorKind::ReverseDiffusion { probability_flow } => {
+                let p = ReverseDiffusionPredictor::new(probability_flow);
+                Some(match ctx {
+                    Some(ctx) => p.update_step(ctx, sde, score, x, t, noise)?,
+                    None => p.update(sde, score, x, t, noise)?,
+                })
+            }
             PredictorKind::None => Some(NoPredictor.update(sde, score, x, t, noise)?),
             PredictorKind::AncestralSampling => None,
         })
@@ -179,9 +231,23 @@ impl<S: AncestralSde + ?Sized> Predictor<S> for PredictorKind {
         t: &Tensor,
         noise: &mut N,
     ) -> Result<Update> {
-        match self.update_common(sde, score, x, t, noise)? {
+        match self.update_common(None, sde, score, x, t, noise)? {
             Some(u) => Ok(u),
             None => AncestralSamplingPredictor.update(sde, score, x, t, noise),
+        }
+    }
+    fn update_step<F: ScoreFn + ?Sized, N: NoiseSource + ?Sized>(
+        &self,
+        ctx: &StepCtx,
+        sde: &S,
+        score: &F,
+        x: &Tensor,
+        t: &Tensor,
+        noise: &mut N,
+    ) -> Result<Update> {
+        match self.update_common(Some(ctx), sde, score, x, t, noise)? {
+            Some(u) => Ok(u),
+            None => AncestralSamplingPredictor.update_step(ctx, sde, score, x, t, noise),
         }
     }
 }
@@ -207,7 +273,20 @@ impl<S: Sde + ?Sized> Predictor<S> for AnySdePredictor {
         noise: &mut N,
     ) -> Result<Update> {
         self.0
-            .update_common(sde, score, x, t, noise)?
+            .update_common(None, sde, score, x, t, noise)?
+            .ok_or_else(|| Error::Unsupported("ancestral sampling needs an AncestralSde".into()))
+    }
+    fn update_step<F: ScoreFn + ?Sized, N: NoiseSource + ?Sized>(
+        &self,
+        ctx: &StepCtx,
+        sde: &S,
+        score: &F,
+        x: &Tensor,
+        t: &Tensor,
+        noise: &mut N,
+    ) -> Result<Update> {
+        self.0
+            .update_common(Some(ctx), sde, score, x, t, noise)?
             .ok_or_else(|| Error::Unsupported("ancestral sampling needs an AncestralSde".into()))
     }
 }

@@ -7,6 +7,7 @@ use sde_core::{ScoreFn, Sde};
 use super::fused::{Coeff, Terms};
 use super::{Predictor, Update};
 use crate::error::Result;
+use crate::step::StepCtx;
 
 /// Reverse-diffusion predictor (`ReverseDiffusionPredictor`, eq. (46) of the paper): with the
 /// forward discretisation x_{i+1} = x_i + f_i(x_i) + G_i z_i ([`Sde::discretize`]),
@@ -52,5 +53,19 @@ impl<S: Sde + ?Sized> Predictor<S> for ReverseDiffusionPredictor {
             z: (!self.probability_flow).then_some((&z, &g)),
         }
         .apply()
+    }
+
+    /// Refuses grids other than the SDE's chain ([`GridKind::SdeChain`](crate::step::GridKind)).
+    fn update_step<F: ScoreFn + ?Sized, N: NoiseSource + ?Sized>(
+        &self,
+        ctx: &StepCtx,
+        sde: &S,
+        score: &F,
+        x: &Tensor,
+        t: &Tensor,
+        noise: &mut N,
+    ) -> Result<Update> {
+        super::require_chain(ctx, "reverse diffusion")?;
+        self.update(sde, score, x, t, noise)
     }
 }
