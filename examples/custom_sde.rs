@@ -192,7 +192,7 @@ fn main() -> std::result::Result<(), Box<dyn Error>> {
         sde.t_end(),
         sde.n()
     );
-    println!("  PC sampler   : NFE {:5}, energy distance {ed_pc:.4} (data vs data {ed_data:.4}), modes {}/8, max weight error {:.3}", pc_out.score_evals, cov_pc.modes_covered, cov_pc.max_weight_error);
+    println!("  PC sampler   : NFE {:5}, energy distance {ed_pc:.4} (data vs data {ed_data:.4}), modes {}/8, max weight error {:.3}", pc_out.nfe, cov_pc.modes_covered, cov_pc.max_weight_error);
     println!("  ODE sampler  : NFE {:5}, energy distance {ed_ode:.4}, modes {}/8, max weight error {:.3}", ode_out.nfe, cov_ode.modes_covered, cov_ode.max_weight_error);
     println!(
         "  {:<13}: NFE {:5}, energy distance {ed_fast:.4}, modes {}/8, max weight error {:.3}",
@@ -206,7 +206,7 @@ fn main() -> std::result::Result<(), Box<dyn Error>> {
     );
     let summary = serde_json::json!({
         "sde": "cosine VP (s = 0.008)", "n_samples": args.n_samples, "n_steps": args.n_steps,
-        "pc": {"nfe": pc_out.score_evals, "energy_distance": ed_pc, "coverage": cov_pc},
+        "pc": {"nfe": pc_out.nfe, "energy_distance": ed_pc, "coverage": cov_pc},
         "ode": {"nfe": ode_out.nfe, "energy_distance": ed_ode, "coverage": cov_ode},
         "fast": {"sampler": args.sampler, "steps": args.sampler_steps, "nfe": fast_out.nfe, "energy_distance": ed_fast, "coverage": cov_fast},
         "energy_distance_data_vs_data": ed_data,

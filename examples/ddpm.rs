@@ -156,7 +156,7 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
         )?;
         results.push((
             "ancestral sampling (DDPM)",
-            out.score_evals,
+            out.nfe,
             host(&out.x)?,
             t.elapsed().as_secs_f64(),
         ));
@@ -173,7 +173,7 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
     )?;
     results.push((
         "reverse diffusion",
-        out.score_evals,
+        out.nfe,
         host(&out.x)?,
         t.elapsed().as_secs_f64(),
     ));

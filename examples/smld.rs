@@ -205,16 +205,16 @@ fn main() -> AnyResult<()> {
     toy::print_quality(
         "annealed Langevin (NCSN)",
         &q_ald,
-        ald_out.score_evals,
+        ald_out.nfe,
         ald_s,
     );
     toy::print_quality(
         "PC: reverse diffusion+Langevin",
         &q_pc,
-        pc_out.score_evals,
+        pc_out.nfe,
         pc_s,
     );
-    toy::print_quality("reverse diffusion only", &q_rd, rd_out.score_evals, 0.0);
+    toy::print_quality("reverse diffusion only", &q_rd, rd_out.nfe, 0.0);
     let mut fast_json = serde_json::Value::Null;
     if let Some((name, out, secs)) = &fast {
         let q = toy::quality(toy_kind, &host(&out.x)?, a.run.seed)?;
@@ -225,9 +225,9 @@ fn main() -> AnyResult<()> {
     let summary_json = serde_json::json!({
         "example": "smld", "sde": {"kind": "VE", "sigma_min": a.sigma_min, "sigma_max": a.sigma_max, "N": a.run.n_steps},
         "toy": a.run.toy, "training": {"steps": a.run.steps, "batch": a.run.batch, "lr": a.run.lr, "loss_first": first, "loss_last": last, "seconds": train_s},
-        "fast_sampler": fast_json, "annealed_langevin": {"nfe": ald_out.score_evals, "quality": q_ald, "seconds": ald_s},
-        "pc_reverse_diffusion_langevin": {"nfe": pc_out.score_evals, "quality": q_pc, "seconds": pc_s},
-        "reverse_diffusion": {"nfe": rd_out.score_evals, "quality": q_rd},
+        "fast_sampler": fast_json, "annealed_langevin": {"nfe": ald_out.nfe, "quality": q_ald, "seconds": ald_s},
+        "pc_reverse_diffusion_langevin": {"nfe": pc_out.nfe, "quality": q_pc, "seconds": pc_s},
+        "reverse_diffusion": {"nfe": rd_out.nfe, "quality": q_rd},
         "held_out_likelihood": lik,
     });
     std::fs::write(

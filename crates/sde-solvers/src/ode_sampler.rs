@@ -53,8 +53,8 @@ impl Default for OdeSamplerOptions {
 /// reverse-diffusion step without noise at t = ε: with (f_ε, G_ε) the forward discretisation,
 /// x ← x − f_ε(x) + G_ε² s(x, ε) (`denoise`). The same flow maps data to latents
 /// ([`encode`](Self::encode), ε → T) and back ([`decode`](Self::decode), T → ε): the latent
-/// space the paper interpolates in. `nfe` counts the ODE's drift evaluations (scipy's `nfev`,
-/// as the reference reports; the denoising step's one score call is not included).
+/// space the paper interpolates in. `nfe` counts the score evaluations made: the ODE's drift
+/// evaluations (scipy's `nfev`, what the reference reports) plus one for the denoising step.
 ///
 /// ```
 /// use candle_core::{DType, Device, Shape};
@@ -153,6 +153,7 @@ impl<'a, S: Sde + ?Sized, F: ScoreFn + ?Sized> OdeSampler<'a, S, F> {
         let mut sol = self.integrate(z, self.sde.t_end(), self.opts.sampling_eps)?;
         if self.opts.denoise {
             sol.x = self.denoise(&sol.x)?;
+            sol.nfe += 1; // the denoising step's score evaluation
         }
         Ok(sol)
     }

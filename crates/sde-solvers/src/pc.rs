@@ -77,15 +77,13 @@ pub fn time_grid(t_end: f64, sampling_eps: f64, n: usize, dtype: DType) -> Resul
 pub struct PcOutput {
     /// The samples, `[B, ...]`: the last x̄ with `denoise`, else the last x.
     pub x: Tensor,
-    /// The reference's nominal count N · (`n_steps_each` + 1), whatever the parts evaluate
-    /// (what `get_pc_sampler` returns; kept under this name so results compare with the
-    /// reference's). The evaluations actually made are [`score_evals`](Self::score_evals).
+    /// NFE: score evaluations actually made (each batched call counts once), the one meaning of
+    /// `nfe` in this crate ([`SampleOutput::nfe`](crate::driver::SampleOutput::nfe), the ODE
+    /// sampler, the likelihood).
     pub nfe: usize,
-    /// The same nominal count under its explicit name (as [`SampleOutput::nfe_nominal`](crate::driver::SampleOutput::nfe_nominal)).
+    /// The reference's nominal count N · (`n_steps_each` + 1), whatever the parts evaluate (what
+    /// `get_pc_sampler` returns as its `n`): compare this one with the reference's figures.
     pub nfe_nominal: usize,
-    /// NFE: score evaluations actually made (each batched call counts once); the meaning of
-    /// `nfe` everywhere else in this crate ([`SampleOutput::nfe`](crate::driver::SampleOutput::nfe), the ODE sampler).
-    pub score_evals: usize,
 }
 
 /// The predictor–corrector composition as one [`Step`]: at t_i the corrector (its update passed
@@ -166,7 +164,7 @@ impl<S: Sde + ?Sized, P: Predictor<S>, C: Corrector<S>> Step<S> for PcStep<P, C>
 /// );
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
 /// let out = sampler.sample(&sde, &score, (2000, 2), &Device::Cpu, DType::F32, &mut rng)?;
-/// assert_eq!((out.nfe_nominal, out.score_evals), (400, 400));
+/// assert_eq!((out.nfe_nominal, out.nfe), (400, 400));
 /// let mean = out.x.mean_all()?.to_scalar::<f32>()?;
 /// assert!((mean - 0.3).abs() < 0.05, "{mean}");
 /// # Ok::<(), sde_solvers::Error>(())
@@ -346,9 +344,8 @@ impl<P, C> PcSampler<P, C> {
         let nominal = out.nfe_nominal.unwrap_or(out.nfe);
         Ok(PcOutput {
             x: out.x,
-            nfe: nominal,
+            nfe: out.nfe,
             nfe_nominal: nominal,
-            score_evals: out.nfe,
         })
     }
 

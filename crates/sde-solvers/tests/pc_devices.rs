@@ -22,7 +22,7 @@ fn case<N: NoiseSource>(dev: &Device, dtype: DType, noise: &mut N, tol: f64) -> 
         .sample(&sde, &score, (4000, 2), dev, dtype, noise)
         .unwrap();
     assert_eq!(out.x.dtype(), dtype);
-    assert_eq!(out.score_evals, 200);
+    assert_eq!(out.nfe, 200);
     let x: Vec<f64> = out
         .x
         .to_dtype(DType::F64)
