@@ -39,6 +39,7 @@ mod config;
 mod ddpm;
 mod error;
 pub mod init;
+mod input;
 pub mod layers;
 mod mlp;
 mod ncsnpp;
