@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rand::SeedableRng;
-use score_nets::checkpoint::{
-    load_reference_checkpoint, parameter_order, CheckpointWeights, StrictWeights,
-};
-use score_nets::{NcsnPp, NcsnPpConfig};
+use score_nets::checkpoint::CheckpointWeights;
+use score_nets::{NcsnPp, NcsnPpConfig, NetworkConfig, ReferenceConfig, ScoreNet};
 use sde_core::{ScoreModelFn, Sde, SubVpSde, VeSde, VpSde};
 use sde_solvers::corrector::LangevinCorrector;
 use sde_solvers::pc::PcSampler;
@@ -79,10 +77,13 @@ fn device() -> AnyResult<Device> {
 
 fn preset(family: Family, a: &ImageArgs) -> AnyResult<NcsnPpConfig> {
     if let Some(p) = &a.config {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p)?)?;
         // a bare ml_collections dump, or one wrapped as `{"config": ...}` (as the test vectors)
-        let cfg = v.get("config").unwrap_or(&v);
-        return Ok(NcsnPpConfig::from_reference_json(cfg)?);
+        return match ReferenceConfig::from_file(p)?.network()? {
+            NetworkConfig::NcsnPp(c) => Ok(c),
+            NetworkConfig::Ddpm(_) => {
+                Err("the image path runs NCSN++ / DDPM++ (`model.name = ncsnpp`), not DDPM".into())
+            }
+        };
     }
     let subvp = a.sde.as_deref() == Some("subvp");
     Ok(match (family, a.deep, subvp) {
@@ -222,28 +223,27 @@ fn with_sde<S: Sde>(
 
 /// Builds NCSN++ / DDPM++ `cfg` with the weights of `path` (strictly: every key must match).
 pub fn load_network(path: &Path, cfg: &NcsnPpConfig, ema: bool, dev: &Device) -> AnyResult<NcsnPp> {
+    let net = NetworkConfig::NcsnPp(cfg.clone());
     let is_pth = path.extension().is_some_and(|e| e == "pth" || e == "pt");
-    let tensors = if is_pth {
-        let order: Vec<String> = parameter_order(|vb| NcsnPp::new(cfg.clone(), vb))?
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| !n.ends_with(".W") || !n.starts_with("all_modules.0."))
-            .collect();
-        let which = if ema {
-            CheckpointWeights::Ema
-        } else {
-            CheckpointWeights::Model
-        };
-        load_reference_checkpoint(path, which, &order)?.tensors
+    let which = if ema {
+        CheckpointWeights::Ema
     } else {
-        let ck = sde_train::load_checkpoint(path);
-        match ck {
+        CheckpointWeights::Model
+    };
+    let loaded = if is_pth {
+        net.load_checkpoint(path, which, DType::F32, dev)?
+    } else {
+        let tensors = match sde_train::load_checkpoint(path) {
             Ok(ck) => (if ema { ck.ema } else { ck.model }).into_iter().collect(),
             // not a training checkpoint: plain weights
             Err(_) => score_nets::checkpoint::read_safetensors(path)?.0,
-        }
+        };
+        net.load_weights(tensors, &path.display().to_string(), DType::F32, dev)?
     };
-    Ok(StrictWeights::new(tensors).build(DType::F32, dev, |vb| NcsnPp::new(cfg.clone(), vb))?)
+    match loaded {
+        ScoreNet::NcsnPp(n) => Ok(n),
+        ScoreNet::Ddpm(_) => Err("internal: an NCSN++ config built DDPM".into()),
+    }
 }
 
 /// Samples `n` images with the PC sampler (reverse diffusion + Langevin, snr 0.16 (VE) / 0.27,

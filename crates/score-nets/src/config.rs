@@ -340,6 +340,13 @@ impl NcsnPpConfig {
                 levels - 1
             ));
         }
+        let res = self.all_resolutions();
+        if let Some(r) = self.attn_resolutions.iter().find(|r| !res.contains(r)) {
+            return bad(format!(
+                "attn_resolutions contains {r}, which is no level of the resolution ladder \
+                 {res:?} (image_size / 2^i): the network would have no attention there"
+            ));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
@@ -442,97 +449,72 @@ impl NcsnPpConfig {
         out
     }
 
-    /// Reads the `model` and `data` sections of a JSON dump of a reference `ml_collections`
-    /// config (`{"model": {...}, "data": {...}}`, as in the parity vectors' `.json`), taking
-    /// missing keys from the CIFAR-10 NCSN++ preset, then validates.
+    /// Reads the NCSN++ / DDPM++ network of a reference config dump (the config, or a file
+    /// with it under `config`; see [`crate::ReferenceConfig::from_json`]), then validates.
+    ///
+    /// Every key `models/ncsnpp.py` reads must be present (`data.image_size`, `num_channels`,
+    /// `centered`; `model.nf`, `ch_mult`, `num_res_blocks`, `attn_resolutions`, `dropout`,
+    /// `resamp_with_conv`, `conditional`, `fir`, `fir_kernel`, `skip_rescale`,
+    /// `resblock_type`, `progressive`, `progressive_input`, `progressive_combine`,
+    /// `embedding_type`, `init_scale`, `scale_by_sigma`, `nonlinearity`, `sigma_min`,
+    /// `sigma_max`, `num_scales`, and `fourier_scale` for the Fourier embedding); `conv_size`
+    /// defaults to 3. A key outside the reference's schema, a missing key, a wrong type, or
+    /// `model.name` other than `ncsnpp` is [`Error::Config`] naming the key.
     pub fn from_reference_json(config: &serde_json::Value) -> Result<Self> {
-        use serde_json::Value;
-        let mut c = Self::cifar10_ncsnpp_continuous();
-        let model = config.get("model").unwrap_or(&Value::Null);
-        let data = config.get("data").unwrap_or(&Value::Null);
-        let err = |k: &str| Error::Config(format!("reference config: bad or missing `{k}`"));
-        let usize_of = |v: &Value, k: &str| v.as_u64().map(|u| u as usize).ok_or_else(|| err(k));
-        let f64_of = |v: &Value, k: &str| v.as_f64().ok_or_else(|| err(k));
-        let bool_of = |v: &Value, k: &str| v.as_bool().ok_or_else(|| err(k));
-        let vec_usize = |v: &Value, k: &str| -> Result<Vec<usize>> {
-            v.as_array()
-                .ok_or_else(|| err(k))?
-                .iter()
-                .map(|x| usize_of(x, k))
-                .collect()
-        };
-        let enum_of = |v: &Value, k: &str| -> Result<Value> {
-            Ok(Value::String(
-                v.as_str().ok_or_else(|| err(k))?.to_lowercase(),
-            ))
-        };
-        if let Some(v) = data.get("image_size") {
-            c.image_size = usize_of(v, "image_size")?;
-        }
-        if let Some(v) = data.get("num_channels") {
-            c.num_channels = usize_of(v, "num_channels")?;
-        }
-        if let Some(v) = data.get("centered") {
-            c.centered = bool_of(v, "centered")?;
-        }
-        for (k, v) in model.as_object().into_iter().flatten() {
-            let k = k.as_str();
-            match k {
-                "nf" => c.nf = usize_of(v, k)?,
-                "ch_mult" => c.ch_mult = vec_usize(v, k)?,
-                "num_res_blocks" => c.num_res_blocks = usize_of(v, k)?,
-                "attn_resolutions" => c.attn_resolutions = vec_usize(v, k)?,
-                "dropout" => c.dropout = f64_of(v, k)?,
-                "resamp_with_conv" => c.resamp_with_conv = bool_of(v, k)?,
-                "conditional" => c.conditional = bool_of(v, k)?,
-                "fir" => c.fir = bool_of(v, k)?,
-                "fir_kernel" => {
-                    c.fir_kernel = v
-                        .as_array()
-                        .ok_or_else(|| err(k))?
-                        .iter()
-                        .map(|x| f64_of(x, k))
-                        .collect::<Result<_>>()?
-                }
-                "skip_rescale" => c.skip_rescale = bool_of(v, k)?,
-                "resblock_type" => {
-                    c.resblock_type = serde_json::from_value(enum_of(v, k)?).map_err(|_| err(k))?
-                }
-                "progressive" => {
-                    c.progressive = serde_json::from_value(enum_of(v, k)?).map_err(|_| err(k))?
-                }
-                "progressive_input" => {
-                    c.progressive_input =
-                        serde_json::from_value(enum_of(v, k)?).map_err(|_| err(k))?
-                }
-                "progressive_combine" => {
-                    c.progressive_combine =
-                        serde_json::from_value(enum_of(v, k)?).map_err(|_| err(k))?
-                }
-                "embedding_type" => {
-                    c.embedding_type = serde_json::from_value(enum_of(v, k)?).map_err(|_| err(k))?
-                }
-                "nonlinearity" => {
-                    c.nonlinearity = serde_json::from_value(enum_of(v, k)?).map_err(|_| err(k))?
-                }
-                "fourier_scale" => c.fourier_scale = f64_of(v, k)?,
-                "init_scale" => c.init_scale = f64_of(v, k)?,
-                "scale_by_sigma" => c.scale_by_sigma = bool_of(v, k)?,
-                "conv_size" => c.conv_size = usize_of(v, k)?,
-                "sigma_min" => c.sigma_min = f64_of(v, k)?,
-                "sigma_max" => c.sigma_max = f64_of(v, k)?,
-                "num_scales" => c.num_scales = usize_of(v, k)?,
-                "normalization" if v.as_str() != Some("GroupNorm") => {
-                    return Err(Error::Config(format!(
-                        "normalization {v} is not supported (NCSN++ uses GroupNorm)"
-                    )))
-                }
-                "name" if v.as_str() != Some("ncsnpp") => {
-                    return Err(Error::Config(format!("model {v} is not NCSN++ (`ncsnpp`)")))
-                }
-                _ => {}
+        Self::from_reference(&crate::ReferenceConfig::from_json(config)?)
+    }
+
+    pub(crate) fn from_reference(r: &crate::ReferenceConfig) -> Result<Self> {
+        let (data, m) = (r.section("data"), r.section("model"));
+        const WHO: &str = "ncsnpp";
+        if let Some(name) = m.str("name")? {
+            if name != "ncsnpp" {
+                return Err(Error::Config(format!(
+                    "reference config: `config.model.name` = `{name}` is not NCSN++ / DDPM++ (`ncsnpp`)"
+                )));
             }
         }
+        if let Some(norm) = m.str("normalization")? {
+            if norm != "GroupNorm" {
+                return Err(Error::Config(format!(
+                    "reference config: `config.model.normalization` = `{norm}` is not supported \
+                     (NCSN++ uses GroupNorm)"
+                )));
+            }
+        }
+        use crate::reference::Section as S;
+        let embedding_type = m.req("embedding_type", WHO, S::enum_of)?;
+        let c = Self {
+            image_size: data.req("image_size", WHO, S::usize)?,
+            num_channels: data.req("num_channels", WHO, S::usize)?,
+            centered: data.req("centered", WHO, S::bool)?,
+            nf: m.req("nf", WHO, S::usize)?,
+            ch_mult: m.req("ch_mult", WHO, S::usizes)?,
+            num_res_blocks: m.req("num_res_blocks", WHO, S::usize)?,
+            attn_resolutions: m.req("attn_resolutions", WHO, S::usizes)?,
+            dropout: m.req("dropout", WHO, S::f64)?,
+            resamp_with_conv: m.req("resamp_with_conv", WHO, S::bool)?,
+            conditional: m.req("conditional", WHO, S::bool)?,
+            fir: m.req("fir", WHO, S::bool)?,
+            fir_kernel: m.req("fir_kernel", WHO, S::f64s)?,
+            skip_rescale: m.req("skip_rescale", WHO, S::bool)?,
+            resblock_type: m.req("resblock_type", WHO, S::enum_of)?,
+            progressive: m.req("progressive", WHO, S::enum_of)?,
+            progressive_input: m.req("progressive_input", WHO, S::enum_of)?,
+            progressive_combine: m.req("progressive_combine", WHO, S::enum_of)?,
+            embedding_type,
+            fourier_scale: match embedding_type {
+                EmbeddingType::Fourier => m.req("fourier_scale", WHO, S::f64)?,
+                EmbeddingType::Positional => m.f64("fourier_scale")?.unwrap_or(16.0),
+            },
+            init_scale: m.req("init_scale", WHO, S::f64)?,
+            scale_by_sigma: m.req("scale_by_sigma", WHO, S::bool)?,
+            conv_size: m.usize("conv_size")?.unwrap_or(3),
+            nonlinearity: m.req("nonlinearity", WHO, S::enum_of)?,
+            sigma_min: m.req("sigma_min", WHO, S::f64)?,
+            sigma_max: m.req("sigma_max", WHO, S::f64)?,
+            num_scales: m.req("num_scales", WHO, S::usize)?,
+        };
         c.validate()?;
         Ok(c)
     }

@@ -39,15 +39,21 @@ mod config;
 mod ddpm;
 mod error;
 pub mod init;
+mod input;
 pub mod layers;
 mod mlp;
 mod ncsnpp;
+mod reference;
 
 pub use config::*;
 pub use ddpm::*;
 pub use error::{Error, Result};
 pub use mlp::*;
 pub use ncsnpp::*;
+pub use reference::{
+    CorrectorName, NetworkConfig, PredictorName, ReferenceConfig, ReferenceSde, SamplingMethod,
+    SamplingSettings, ScoreNet,
+};
 
 /// The crate README's example, compiled and run as a doc test.
 #[doc = include_str!("../README.md")]

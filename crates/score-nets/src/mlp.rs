@@ -297,7 +297,13 @@ impl Mlp {
 }
 
 impl sde_core::ScoreModel for Mlp {
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+    /// The MLP has no dropout: both modes compute the same function.
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        _mode: sde_core::Mode<'_>,
+    ) -> sde_core::Result<Tensor> {
         Ok(self.forward(x, labels)?)
     }
 }

@@ -1,10 +1,9 @@
 //! NCSN++ / DDPM++ (`models/ncsnpp.py`, Song et al. 2021, Sec. 4.4 and App. H).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
-use rand::SeedableRng;
+use sde_core::noise::NoiseSource;
+use sde_core::Mode;
 
 use crate::config::{EmbeddingType, NcsnPpConfig, Progressive, ProgressiveInput, ResblockType};
 use crate::layers::{
@@ -34,9 +33,9 @@ enum Block {
 }
 
 type Record<'a> = Option<&'a mut Vec<(String, Tensor)>>;
-type Rng<'a> = Option<&'a mut dyn rand::RngCore>;
+type Rng<'a> = Option<&'a mut dyn NoiseSource>;
 
-fn reborrow<'a>(r: &'a mut Rng<'_>) -> Option<&'a mut dyn rand::RngCore> {
+fn reborrow<'a>(r: &'a mut Rng<'_>) -> Option<&'a mut dyn NoiseSource> {
     match r {
         Some(r) => Some(&mut **r),
         None => None,
@@ -63,11 +62,10 @@ fn reborrow<'a>(r: &'a mut Rng<'_>) -> Option<&'a mut dyn rand::RngCore> {
 /// input dtype (f32 for f32 inputs): the extra rounding is ~6e-8 relative. Labels are truncated
 /// toward zero as `.long()` does and must lie in `[0, num_scales)`.
 ///
-/// **Dropout.** Evaluation (`train = false`) never drops. [`NcsnPp::forward_train`] draws the
-/// dropout masks on the host from the caller's RNG. [`sde_core::ScoreModel::forward_t`] with
-/// `train = true` (the trait has no RNG argument) draws them from a `StdRng` seeded with
-/// `(dropout_seed, n)`, where `n` counts the train-mode calls of this network: a run that makes the
-/// same calls after [`NcsnPp::set_dropout_seed`] draws the same masks.
+/// **Dropout.** [`Mode::Eval`] never drops. [`Mode::Train`] (and [`NcsnPp::forward_train`])
+/// draws one uniform mask per residual block, in module order, from the caller's
+/// [`NoiseSource`]; the network holds no generator of its own, so a training step is a function
+/// of the weights, the inputs and the caller's source. With `dropout = 0` nothing is drawn.
 ///
 /// Where this differs from the PyTorch reference (paths that raise there):
 /// `progressive = residual`, the non-FIR `Upsample` (nearest + conv) and the fused FIR
@@ -85,15 +83,14 @@ fn reborrow<'a>(r: &'a mut Rng<'_>) -> Option<&'a mut dyn rand::RngCore> {
 /// assert_eq!(y.dims(), &[2, 3, 16, 16]);
 /// # Ok::<(), score_nets::Error>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NcsnPp {
     config: NcsnPpConfig,
     modules: Vec<Block>,
     pyramid_upsample: Option<Upsample>,
     pyramid_downsample: Option<Downsample>,
     sigmas: Vec<f64>,
-    dropout_seed: u64,
-    dropout_calls: AtomicU64,
+    dtype: DType,
 }
 
 /// DDPM++ is NCSN++ with its own settings (positional embedding, no FIR, no pyramids, centered
@@ -109,20 +106,6 @@ pub fn ddpmpp(image_size: usize, vb: VarBuilder) -> Result<DdpmPp> {
         },
         vb,
     )
-}
-
-impl Clone for NcsnPp {
-    fn clone(&self) -> Self {
-        Self {
-            config: self.config.clone(),
-            modules: self.modules.clone(),
-            pyramid_upsample: self.pyramid_upsample.clone(),
-            pyramid_downsample: self.pyramid_downsample.clone(),
-            sigmas: self.sigmas.clone(),
-            dropout_seed: self.dropout_seed,
-            dropout_calls: AtomicU64::new(self.dropout_calls.load(Ordering::Relaxed)),
-        }
-    }
 }
 
 impl NcsnPp {
@@ -394,8 +377,7 @@ impl NcsnPp {
             pyramid_upsample,
             pyramid_downsample,
             sigmas,
-            dropout_seed: 0,
-            dropout_calls: AtomicU64::new(0),
+            dtype: vb.dtype(),
         })
     }
 
@@ -414,23 +396,18 @@ impl NcsnPp {
         &self.sigmas
     }
 
-    /// Seeds the dropout masks drawn by `forward_t(.., train = true)` and resets the call counter.
-    pub fn set_dropout_seed(&mut self, seed: u64) {
-        self.dropout_seed = seed;
-        self.dropout_calls.store(0, Ordering::Relaxed);
-    }
-
     /// Evaluation-mode forward pass (`model(x, labels)` in `eval()` mode).
     pub fn forward(&self, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
         self.forward_impl(x, labels, None, None)
     }
 
-    /// Training-mode forward pass with dropout masks drawn from `rng`.
+    /// Training-mode forward pass with dropout masks drawn from `rng`
+    /// (`forward_t(x, labels, Mode::Train(rng))`).
     pub fn forward_train(
         &self,
         x: &Tensor,
         labels: &Tensor,
-        rng: &mut dyn rand::RngCore,
+        rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
         self.forward_impl(x, labels, Some(rng), None)
     }
@@ -456,34 +433,17 @@ impl NcsnPp {
 
     fn check_inputs(&self, x: &Tensor, labels: &Tensor) -> Result<()> {
         let c = &self.config;
-        let want = [
-            x.dims().first().copied().unwrap_or(0),
-            c.num_channels,
-            c.image_size,
-            c.image_size,
-        ];
-        if x.dims() != want {
-            return Err(Error::Input(format!(
-                "NCSN++ expects x of shape [B, {}, {}, {}], got {:?}",
-                c.num_channels,
-                c.image_size,
-                c.image_size,
-                x.dims()
-            )));
-        }
-        if labels.dims() != [want[0]] {
-            return Err(Error::Input(format!(
-                "labels must have shape [{}], got {:?}",
-                want[0],
-                labels.dims()
-            )));
-        }
-        if !x.dtype().is_float() {
-            return Err(Error::Input(format!(
-                "x must be a float tensor, got {:?}",
-                x.dtype()
-            )));
-        }
+        crate::input::check_input(
+            &crate::input::Expected {
+                net: "NCSN++",
+                channels: c.num_channels,
+                image_size: c.image_size,
+                dtype: self.dtype,
+                positive_labels: c.embedding_type == EmbeddingType::Fourier,
+            },
+            x,
+            labels,
+        )?;
         Ok(())
     }
 
@@ -585,7 +545,7 @@ impl NcsnPp {
             _ => Some(x.clone()),
         };
 
-        let run = |m: usize, h: &Tensor, rng: Option<&mut dyn rand::RngCore>| -> Result<Tensor> {
+        let run = |m: usize, h: &Tensor, rng: Option<&mut dyn NoiseSource>| -> Result<Tensor> {
             match self.module(m)? {
                 Block::Res(ResBlock::Ddpm(b)) => b.forward(h, temb, rng),
                 Block::Res(ResBlock::BigGan(b)) => b.forward(h, temb, rng),
@@ -767,17 +727,10 @@ impl NcsnPp {
 }
 
 impl sde_core::ScoreModel for NcsnPp {
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, train: bool) -> sde_core::Result<Tensor> {
-        if train && self.config.dropout > 0.0 {
-            let n = self.dropout_calls.fetch_add(1, Ordering::Relaxed);
-            let mut rng = rand::rngs::StdRng::seed_from_u64(
-                self.dropout_seed
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    .wrapping_add(n),
-            );
-            Ok(self.forward_train(x, labels, &mut rng)?)
-        } else {
-            Ok(self.forward(x, labels)?)
+    fn forward_t(&self, x: &Tensor, labels: &Tensor, mode: Mode<'_>) -> sde_core::Result<Tensor> {
+        match mode {
+            Mode::Eval => Ok(self.forward(x, labels)?),
+            Mode::Train(noise) => Ok(self.forward_train(x, labels, noise)?),
         }
     }
 }

@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use score_nets::checkpoint::{load_reference_checkpoint, CheckpointWeights, StrictWeights};
-use score_nets::{NcsnPp, NcsnPpConfig};
+use score_nets::checkpoint::CheckpointWeights;
+use score_nets::{NcsnPp, NcsnPpConfig, ReferenceConfig, ScoreNet};
+use sde_core::{Mode, ScoreModel};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testvectors/");
 
@@ -28,23 +29,9 @@ fn max_abs(t: &Tensor) -> f32 {
 
 #[test]
 fn model_and_ema_weights_reproduce_the_reference_outputs() {
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tv("net_ncsnpp_ve.json")).unwrap()).unwrap();
-    let config = NcsnPpConfig::from_reference_json(&json["config"]).unwrap();
-    let frozen: Vec<&str> = json["parameters_without_grad"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    let trainable: Vec<String> = json["parameter_order"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .filter(|n| !frozen.contains(n))
-        .map(str::to_string)
-        .collect();
+    // One call from the reference's config file: the network, its frozen parameters and the
+    // EMA order are derived from the config, not from the json's `parameter_order`.
+    let reference = ReferenceConfig::from_file(tv("net_ncsnpp_ve.json")).unwrap();
     let expected =
         candle_core::safetensors::load(tv("ckpt_ncsnpp_ve.expected.safetensors"), &Device::Cpu)
             .unwrap();
@@ -55,15 +42,12 @@ fn model_and_ema_weights_reproduce_the_reference_outputs() {
         (CheckpointWeights::Model, "output_model"),
         (CheckpointWeights::Ema, "output_ema"),
     ] {
-        let ckpt = load_reference_checkpoint(tv("ckpt_ncsnpp_ve.pth"), which, &trainable).unwrap();
         // Strict: every tensor of the checkpoint (incl. the sigmas buffer) is read, none missing.
-        let net = StrictWeights::new(ckpt.tensors)
-            .with_source(format!("ckpt_ncsnpp_ve.pth ({which:?})"))
-            .build(DType::F32, &Device::Cpu, |vb| {
-                NcsnPp::new(config.clone(), vb)
-            })
+        let net = reference
+            .load_checkpoint(tv("ckpt_ncsnpp_ve.pth"), which, DType::F32, &Device::Cpu)
             .unwrap();
-        let out = net.forward(x, labels).unwrap();
+        assert!(matches!(net, ScoreNet::NcsnPp(_)));
+        let out = net.forward_t(x, labels, Mode::Eval).unwrap();
         let want = &expected[key];
         let err = max_abs(&(&out - want).unwrap());
         let scale = max_abs(want);
@@ -77,6 +61,33 @@ fn model_and_ema_weights_reproduce_the_reference_outputs() {
     // The two weight sets give clearly different networks (README: max difference ~25).
     let gap = max_abs(&(&outputs[0] - &outputs[1]).unwrap());
     assert!(gap > 1.0, "model and EMA outputs differ by only {gap}");
+}
+
+/// The EMA order the one call derives equals the reference's
+/// `[n for n, p in model.named_parameters() if p.requires_grad]` recorded in the json.
+#[test]
+fn trainable_order_from_the_config_is_the_reference_order() {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tv("net_ncsnpp_ve.json")).unwrap()).unwrap();
+    let frozen: Vec<String> = json["parameters_without_grad"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = json["parameter_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .filter(|n| !frozen.contains(n))
+        .collect();
+    let net = ReferenceConfig::from_json(&json)
+        .unwrap()
+        .network()
+        .unwrap();
+    assert_eq!(net.frozen_parameters(), frozen);
+    assert_eq!(net.trainable_parameter_order().unwrap(), want);
 }
 
 /// `parameter_order` reproduces the reference's `model.parameters()` order for NCSN++ and

@@ -55,7 +55,9 @@ fn parity_weight_files_load_strictly() {
         let io =
             candle_core::safetensors::load(tv(&format!("{name}.io.safetensors")), &Device::Cpu)
                 .unwrap();
-        let out = net.forward_t(&io["x"], &io["labels"], false).unwrap();
+        let out = net
+            .forward_t(&io["x"], &io["labels"], sde_core::Mode::Eval)
+            .unwrap();
         let err = max_abs(&(&out - &io["output"]).unwrap());
         assert!(err <= tol * max_abs(&io["output"]), "{name}: {err}");
     }
@@ -84,8 +86,8 @@ fn roundtrip<M: ScoreModel>(
         );
     }
     let loaded = sw.build(DType::F32, &Device::Cpu, &build).unwrap();
-    let a = fresh.forward_t(x, labels, false).unwrap();
-    let b = loaded.forward_t(x, labels, false).unwrap();
+    let a = fresh.forward_t(x, labels, sde_core::Mode::Eval).unwrap();
+    let b = loaded.forward_t(x, labels, sde_core::Mode::Eval).unwrap();
     // Same weights; the convolutions may take another (equally exact) kernel for variables,
     // which track gradients, than for plain tensors, so compare to float32 rounding.
     let err = max_abs(&(&a - &b).unwrap());

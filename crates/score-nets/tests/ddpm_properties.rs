@@ -241,19 +241,21 @@ fn validation_errors() {
 }
 
 #[test]
-fn dropout_is_seeded_and_only_in_training() {
+fn dropout_draws_from_the_callers_source_and_only_in_training() {
+    use rand::SeedableRng;
+    use sde_core::Mode;
     let cfg = DdpmConfig {
         dropout: 0.3,
         ..tiny()
     };
     let run = |seed: u64| {
-        let (vm, mut net) = build(&cfg, 5);
+        let (vm, net) = build(&cfg, 5);
         perturb(&vm);
-        net.set_dropout_seed(seed);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let labels = Tensor::new(&[3f32, 300.0], &Device::Cpu).unwrap();
         let x = images(2, 8);
-        let eval = net.forward_t(&x, &labels, false).unwrap();
-        let train = net.forward_t(&x, &labels, true).unwrap();
+        let eval = net.forward_t(&x, &labels, Mode::Eval).unwrap();
+        let train = net.forward_t(&x, &labels, Mode::Train(&mut rng)).unwrap();
         (
             eval.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             train.flatten_all().unwrap().to_vec1::<f32>().unwrap(),

@@ -23,7 +23,7 @@ fn shapes_and_parameter_names() {
         let (vm, mlp) = build(&cfg);
         let x = data(5, 3);
         let labels = Tensor::new(&[0.1f32, 0.5, 1.0, 5.0, 40.0], &Device::Cpu).unwrap();
-        let out = mlp.forward_t(&x, &labels, false).unwrap();
+        let out = mlp.forward_t(&x, &labels, sde_core::Mode::Eval).unwrap();
         assert_eq!(out.dims(), &[5, 3]);
         let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
         // temb.{0,1} + input + 3 * (linear, temb) + output, weight and bias each.
@@ -86,7 +86,9 @@ fn input_validation() {
         Err(Error::Input(_))
     ));
     // Through the trait the error survives as sde_core::Error::Model.
-    assert!(mlp.forward_t(&wrong_dim, &labels, false).is_err());
+    assert!(mlp
+        .forward_t(&wrong_dim, &labels, sde_core::Mode::Eval)
+        .is_err());
 }
 
 #[test]

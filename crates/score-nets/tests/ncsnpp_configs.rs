@@ -373,40 +373,38 @@ fn seeded_init_is_reproducible_and_follows_the_reference_init() {
 }
 
 #[test]
-fn train_mode_dropout_is_seeded() {
-    use sde_core::ScoreModel;
+fn train_mode_dropout_draws_from_the_callers_source() {
+    use rand::SeedableRng;
+    use sde_core::{Mode, ScoreModel};
     let cfg = NcsnPpConfig {
         dropout: 0.3,
         ..tiny()
     };
-    let (mut net, _) = build(cfg.clone(), 1);
+    let (net, _) = build(cfg.clone(), 1);
     let x = randn(&[2, 3, 8, 8], 0);
     let l = labels(&cfg);
-    let eval1 = net.forward_t(&x, &l, false).unwrap();
+    let eval1 = net.forward_t(&x, &l, Mode::Eval).unwrap();
     let eval2 = net.forward(&x, &l).unwrap();
     assert_eq!(
         max_abs(&(&eval1 - &eval2).unwrap()),
         0.0,
         "eval mode is deterministic"
     );
-    net.set_dropout_seed(7);
-    let t1 = net.forward_t(&x, &l, true).unwrap();
-    let t2 = net.forward_t(&x, &l, true).unwrap();
+    let r = |s| rand::rngs::StdRng::seed_from_u64(s);
+    let mut rng = r(7);
+    let t1 = net.forward_t(&x, &l, Mode::Train(&mut rng)).unwrap();
+    let t2 = net.forward_t(&x, &l, Mode::Train(&mut rng)).unwrap();
     assert!(
         max_abs(&(&t1 - &t2).unwrap()) > 0.0,
-        "consecutive calls draw new masks"
+        "the source advances: consecutive calls draw new masks"
     );
     assert!(max_abs(&(&t1 - &eval1).unwrap()) > 0.0, "train mode drops");
-    net.set_dropout_seed(7);
-    let t1b = net.forward_t(&x, &l, true).unwrap();
+    let t1b = net.forward_t(&x, &l, Mode::Train(&mut r(7))).unwrap();
     assert_eq!(
         max_abs(&(&t1 - &t1b).unwrap()),
         0.0,
-        "same seed, same masks"
+        "same source state, same masks: the network keeps no counter"
     );
-    // explicit RNG
-    use rand::SeedableRng;
-    let r = |s| rand::rngs::StdRng::seed_from_u64(s);
     let a = net.forward_train(&x, &l, &mut r(3)).unwrap();
     let b = net.forward_train(&x, &l, &mut r(3)).unwrap();
     assert_eq!(max_abs(&(&a - &b).unwrap()), 0.0);

@@ -42,7 +42,7 @@ mod vp;
 
 pub use error::{Error, Result};
 pub use reverse::ReverseSde;
-pub use score::{autograd_vjp, ScoreFn, ScoreModel, ScoreModelFn};
+pub use score::{autograd_vjp, Mode, ScoreFn, ScoreModel, ScoreModelFn};
 pub use sde::{standard_normal_logp, timestep_index, AncestralSde, LabelConvention, Sde};
 pub use sub_vp::SubVpSde;
 pub use tensor::{

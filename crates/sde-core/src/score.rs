@@ -1,9 +1,12 @@
 //! Score functions, the network-side model trait, and the adapter between them
 //! (the reference's `get_score_fn`).
 
+use std::cell::RefCell;
+
 use candle_core::{DType, Tensor, Var};
 
 use crate::error::{Error, Result};
+use crate::noise::NoiseSource;
 use crate::sde::{LabelConvention, Sde};
 use crate::tensor::{from_host_f64, mul_batch, to_host_f64};
 
@@ -53,25 +56,76 @@ impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor>> ScoreFn for F {
     }
 }
 
+/// How a network runs: evaluation, or training with dropout drawn from the caller's source.
+///
+/// The reference switches with `model.train()` / `model.eval()` and draws dropout masks from
+/// torch's global generator; here the generator is an argument, so a training step is a pure
+/// function of the weights, the batch and the caller's (checkpointed) [`NoiseSource`]: a run
+/// resumed from a checkpoint draws the same masks as an uninterrupted one.
+///
+/// Pass a source by reborrowing it: `Mode::Train(&mut rng)`; pass one `Mode` to several calls
+/// with [`Mode::reborrow`].
+#[doc(alias = "train")]
+#[doc(alias = "eval")]
+pub enum Mode<'a> {
+    /// `model.eval()`: deterministic, dropout off.
+    Eval,
+    /// `model.train()`: dropout on, every mask drawn from this source, in call order.
+    Train(&'a mut dyn NoiseSource),
+}
+
+impl Mode<'_> {
+    /// The same mode for one more call, borrowing the source for that call only.
+    pub fn reborrow(&mut self) -> Mode<'_> {
+        match self {
+            Mode::Eval => Mode::Eval,
+            Mode::Train(n) => Mode::Train(&mut **n),
+        }
+    }
+
+    /// `true` for [`Mode::Train`].
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
+
+    /// The noise source in training mode, `None` in evaluation.
+    pub fn noise(&mut self) -> Option<&mut dyn NoiseSource> {
+        match self {
+            Mode::Eval => None,
+            Mode::Train(n) => Some(&mut **n),
+        }
+    }
+}
+
+impl std::fmt::Debug for Mode<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Eval => "Mode::Eval",
+            Mode::Train(_) => "Mode::Train(..)",
+        })
+    }
+}
+
 /// A network that takes `(x, labels)`: candle's `ModuleT` with a time-label input.
 ///
 /// `score-nets` implements it for NCSN++, DDPM++, DDPM and the MLP; [`ScoreModelFn`] turns it
 /// into a [`ScoreFn`] with the label convention of an SDE.
 pub trait ScoreModel {
     /// Network output for inputs `x: [B, ...]` and time labels `labels: [B]`
-    /// (float, or `i64` for discrete SMLD indices); `train` enables dropout.
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, train: bool) -> Result<Tensor>;
+    /// (float, or `i64` for discrete SMLD indices). [`Mode::Train`] enables dropout, drawing
+    /// every mask from its source; a network without dropout ignores the mode.
+    fn forward_t(&self, x: &Tensor, labels: &Tensor, mode: Mode<'_>) -> Result<Tensor>;
 }
 
 impl<M: ScoreModel + ?Sized> ScoreModel for &M {
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, train: bool) -> Result<Tensor> {
-        (**self).forward_t(x, labels, train)
+    fn forward_t(&self, x: &Tensor, labels: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        (**self).forward_t(x, labels, mode)
     }
 }
 
 impl<M: ScoreModel + ?Sized> ScoreModel for Box<M> {
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, train: bool) -> Result<Tensor> {
-        (**self).forward_t(x, labels, train)
+    fn forward_t(&self, x: &Tensor, labels: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        (**self).forward_t(x, labels, mode)
     }
 }
 
@@ -87,10 +141,10 @@ impl<M: ScoreModel + ?Sized> ScoreModel for Box<M> {
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
-/// use sde_core::{ScoreFn, ScoreModel, ScoreModelFn, VpSde};
+/// use sde_core::{Mode, ScoreFn, ScoreModel, ScoreModelFn, VpSde};
 /// struct Zero;
 /// impl ScoreModel for Zero {
-///     fn forward_t(&self, x: &Tensor, _labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+///     fn forward_t(&self, x: &Tensor, _labels: &Tensor, _mode: Mode<'_>) -> sde_core::Result<Tensor> {
 ///         Ok(x.zeros_like()?)
 ///     }
 /// }
@@ -101,30 +155,63 @@ impl<M: ScoreModel + ?Sized> ScoreModel for Box<M> {
 /// let s = score_fn.score(&Tensor::ones((2, 2), DType::F32, &Device::Cpu)?, &t)?;
 /// # Ok::<(), sde_core::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+///
+/// **Training mode.** [`ScoreFn::score`] takes `&self`, so the training source sits in a
+/// `RefCell` ([`ScoreModelFn::train`]): each `score` call borrows it for that call only and
+/// the network draws its dropout masks from it in call order. The adapter is therefore not
+/// `Sync` in training mode (it never is shared across threads by the losses); a re-entrant
+/// `score` call from inside the model is an error, not a panic.
 pub struct ScoreModelFn<'a, S: ?Sized, M: ?Sized> {
     sde: &'a S,
     model: &'a M,
     convention: LabelConvention,
-    train: bool,
+    noise: Option<RefCell<&'a mut dyn NoiseSource>>,
+}
+
+impl<S: ?Sized, M: ?Sized> std::fmt::Debug for ScoreModelFn<'_, S, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScoreModelFn")
+            .field("convention", &self.convention)
+            .field("train", &self.noise.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a, S: Sde + ?Sized, M: ScoreModel + ?Sized> ScoreModelFn<'a, S, M> {
     /// The score of `model` under `sde`'s convention for continuous- or discrete-time training,
-    /// in evaluation mode (`train = false`).
+    /// in evaluation mode ([`Mode::Eval`]).
     pub fn new(sde: &'a S, model: &'a M, continuous: bool) -> Self {
         Self {
             sde,
             model,
             convention: sde.label_convention(continuous),
-            train: false,
+            noise: None,
         }
     }
 
-    /// Runs the model in training mode (dropout on), as the training losses do.
-    pub fn train(mut self, train: bool) -> Self {
-        self.train = train;
-        self
+    /// Runs the model in `mode`, as the training losses do: [`Mode::Train`] keeps the source
+    /// and every later [`score`](ScoreFn::score) call runs the model in training mode with it
+    /// (`get_score_fn(.., train=True)`); [`Mode::Eval`] switches back to evaluation.
+    ///
+    /// The adapter then lives as long as the source's borrow (`'n`), no longer.
+    pub fn train<'n>(self, mode: Mode<'n>) -> ScoreModelFn<'n, S, M>
+    where
+        'a: 'n,
+    {
+        ScoreModelFn {
+            sde: self.sde,
+            model: self.model,
+            convention: self.convention,
+            noise: match mode {
+                Mode::Eval => None,
+                Mode::Train(n) => Some(RefCell::new(n)),
+            },
+        }
+    }
+
+    /// Whether the model runs in training mode.
+    pub fn is_train(&self) -> bool {
+        self.noise.is_some()
     }
 
     /// The label convention in use.
@@ -170,7 +257,20 @@ impl<S: Sde + ?Sized, M: ScoreModel + ?Sized> ScoreFn for ScoreModelFn<'_, S, M>
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         crate::tensor::check_time(x, t, self.sde.t_end())?;
         let labels = self.labels(t)?;
-        let out = self.model.forward_t(x, &labels, self.train)?;
+        let out = match &self.noise {
+            None => self.model.forward_t(x, &labels, Mode::Eval)?,
+            Some(cell) => {
+                let mut noise = cell.try_borrow_mut().map_err(|_| {
+                    Error::Unsupported(
+                        "ScoreModelFn::score called re-entrantly in training mode (the model \
+                         called its own score function)"
+                            .into(),
+                    )
+                })?;
+                self.model
+                    .forward_t(x, &labels, Mode::Train(&mut **noise))?
+            }
+        };
         if out.shape() != x.shape() {
             return Err(Error::ShapeMismatch {
                 what: "model output",

@@ -17,7 +17,7 @@ struct Recording {
 }
 
 impl ScoreModel for Recording {
-    fn forward_t(&self, _x: &Tensor, labels: &Tensor, _train: bool) -> Result<Tensor> {
+    fn forward_t(&self, _x: &Tensor, labels: &Tensor, _mode: sde_core::Mode<'_>) -> Result<Tensor> {
         *self.seen.borrow_mut() = Some(labels.clone());
         Ok(self.out.clone())
     }

@@ -277,7 +277,12 @@ fn sample_model_applies_the_label_convention() {
     use sde_core::{ScoreFn, ScoreModel};
     struct Net<'a>(&'a VpSde, GaussianScore<&'a VpSde>);
     impl ScoreModel for Net<'_> {
-        fn forward_t(&self, x: &Tensor, labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+        fn forward_t(
+            &self,
+            x: &Tensor,
+            labels: &Tensor,
+            _mode: sde_core::Mode<'_>,
+        ) -> sde_core::Result<Tensor> {
             let t = labels.affine(1.0 / 999.0, 0.0)?;
             let (_, std) = self.0.marginal_prob(x, &t)?;
             sde_core::mul_batch(&std.neg()?, &self.1.score(x, &t)?)

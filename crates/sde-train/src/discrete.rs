@@ -2,10 +2,10 @@
 
 use candle_core::{DType, Device, Tensor};
 use sde_core::noise::NoiseSource;
-use sde_core::{from_host_f64, mul_batch, to_host_f64, ScoreModel, VeSde, VpSde};
+use sde_core::{from_host_f64, mul_batch, to_host_f64, Mode, ScoreModel, VeSde, VpSde};
 
 use crate::error::{Error, Result};
-use crate::loss::{check_like, reduce, TrainingLoss};
+use crate::loss::{check_like, reduce, train_mode, DynNoise, TrainingLoss};
 
 /// Draws `b` integer labels uniformly from {0, …, n − 1} (`torch.randint(0, N, (B,))`) as an
 /// `i64` tensor on the CPU: label = ⌊u n⌋ with u ~ U(0, 1) drawn in float64.
@@ -85,7 +85,7 @@ impl SmldLoss {
         batch: &Tensor,
         labels: &Tensor,
         z: &Tensor,
-        train: bool,
+        mode: Mode<'_>,
     ) -> Result<Tensor> {
         check_like(batch, z, "noise z")?;
         let b = batch.dim(0)?;
@@ -102,7 +102,7 @@ impl SmldLoss {
             b,
             batch.device(),
         )?;
-        let score = model.forward_t(&perturbed, &labels_i64, train)?;
+        let score = model.forward_t(&perturbed, &labels_i64, mode)?;
         check_like(batch, &score, "model output")?;
         let s2 = sigmas.sqr()?;
         let target = noise
@@ -119,10 +119,10 @@ impl SmldLoss {
         batch: &Tensor,
         labels: &Tensor,
         z: &Tensor,
-        train: bool,
+        mode: Mode<'_>,
     ) -> Result<Tensor> {
         Ok(self
-            .per_sample_from_draws(model, batch, labels, z, train)?
+            .per_sample_from_draws(model, batch, labels, z, mode)?
             .mean_all()?)
     }
 }
@@ -138,7 +138,8 @@ impl TrainingLoss for SmldLoss {
     ) -> Result<Tensor> {
         let labels = draw_labels(noise, batch.dim(0)?, self.sigmas_desc.len())?;
         let z = sde_core::noise::randn_like(batch, noise)?;
-        self.loss_from_draws(model, batch, &labels, &z, train)
+        let mut noise = DynNoise(noise);
+        self.loss_from_draws(model, batch, &labels, &z, train_mode(train, &mut noise))
     }
 }
 
@@ -183,7 +184,7 @@ impl DdpmLoss {
         batch: &Tensor,
         labels: &Tensor,
         z: &Tensor,
-        train: bool,
+        mode: Mode<'_>,
     ) -> Result<Tensor> {
         check_like(batch, z, "noise z")?;
         let b = batch.dim(0)?;
@@ -203,7 +204,7 @@ impl DdpmLoss {
         )?;
         let perturbed = (mul_batch(&a, batch)? + mul_batch(&s, z)?)?;
         let labels_f = from_host_f64(idx.iter().map(|&i| i as f64).collect(), dev, dt)?;
-        let eps = model.forward_t(&perturbed, &labels_f, train)?;
+        let eps = model.forward_t(&perturbed, &labels_f, mode)?;
         check_like(batch, &eps, "model output")?;
         let r = (eps - z)?.sqr()?;
         reduce(&r, self.reduce_mean)
@@ -216,10 +217,10 @@ impl DdpmLoss {
         batch: &Tensor,
         labels: &Tensor,
         z: &Tensor,
-        train: bool,
+        mode: Mode<'_>,
     ) -> Result<Tensor> {
         Ok(self
-            .per_sample_from_draws(model, batch, labels, z, train)?
+            .per_sample_from_draws(model, batch, labels, z, mode)?
             .mean_all()?)
     }
 }
@@ -235,6 +236,7 @@ impl TrainingLoss for DdpmLoss {
     ) -> Result<Tensor> {
         let labels = draw_labels(noise, batch.dim(0)?, self.sqrt_alphas_cumprod.len())?;
         let z = sde_core::noise::randn_like(batch, noise)?;
-        self.loss_from_draws(model, batch, &labels, &z, train)
+        let mut noise = DynNoise(noise);
+        self.loss_from_draws(model, batch, &labels, &z, train_mode(train, &mut noise))
     }
 }

@@ -29,7 +29,7 @@
 //! // Any network implementing sde_core::ScoreModel (score-nets' Mlp, NcsnPp, ...).
 //! struct Net { l1: candle_nn::Linear, l2: candle_nn::Linear }
 //! impl ScoreModel for Net {
-//!     fn forward_t(&self, x: &Tensor, labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+//!     fn forward_t(&self, x: &Tensor, labels: &Tensor, _mode: sde_core::Mode<'_>) -> sde_core::Result<Tensor> {
 //!         let t = (labels.unsqueeze(1)? / 999.0)?; // VP labels are 999 t
 //!         let h = self.l1.forward(&Tensor::cat(&[x, &t], 1)?)?.tanh()?;
 //!         Ok(self.l2.forward(&h)?)

@@ -1,9 +1,9 @@
 //! Continuous-time denoising score matching (`losses.get_sde_loss_fn`) and the [`TrainingLoss`]
 //! trait every loss of this crate implements.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
 use sde_core::noise::NoiseSource;
-use sde_core::{mul_batch, ScoreFn, ScoreModel, ScoreModelFn, Sde};
+use sde_core::{mul_batch, Mode, ScoreFn, ScoreModel, ScoreModelFn, Sde};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_param, Error, Result};
@@ -16,7 +16,9 @@ use crate::importance::ImportanceSampler;
 /// [`crate::SlicedScoreMatching`]; the [`crate::Trainer`] is generic over it.
 pub trait TrainingLoss {
     /// The mini-batch loss (a scalar tensor, differentiable w.r.t. the model's variables).
-    /// `train` runs the model in training mode (dropout on); evaluation passes `false`.
+    /// `train` runs the model in training mode ([`Mode::Train`]): its dropout masks are drawn
+    /// from `noise` too, after the loss's own draws, so one checkpointed generator makes the
+    /// whole step reproducible. Evaluation passes `false` ([`Mode::Eval`]).
     fn loss<M: ScoreModel + ?Sized, N: NoiseSource + ?Sized>(
         &self,
         model: &M,
@@ -75,7 +77,7 @@ impl Default for SdeLossOptions {
 /// // A "network" that returns the exact score of N(0, 1) data (VE labels are σ(t)).
 /// struct Exact(GaussianScore<VeSde>);
 /// impl ScoreModel for Exact {
-///     fn forward_t(&self, x: &Tensor, sigma: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+///     fn forward_t(&self, x: &Tensor, sigma: &Tensor, _mode: sde_core::Mode<'_>) -> sde_core::Result<Tensor> {
 ///         // σ(t) = σ_min (σ_max/σ_min)^t  ⇒  t = ln(σ/σ_min) / ln(σ_max/σ_min)
 ///         let t = (sigma.affine(1.0 / 0.01, 0.0)?.log()? / (50f64 / 0.01).ln())?;
 ///         self.0.score(x, &t)
@@ -164,21 +166,23 @@ impl<S: Sde> SdeLoss<S> {
     }
 
     /// Per-sample losses `[B]` for explicit draws: `u: [B]` (uniform on [0, 1), the
-    /// reference's `torch.rand`) and `z` shaped like the batch (`torch.randn_like`).
+    /// reference's `torch.rand`) and `z` shaped like the batch (`torch.randn_like`); the model
+    /// runs in `mode` (dropout masks from its source in training).
     pub fn per_sample_from_draws<M: ScoreModel + ?Sized>(
         &self,
         model: &M,
         batch: &Tensor,
         u: &Tensor,
         z: &Tensor,
-        train: bool,
+        mut mode: Mode<'_>,
     ) -> Result<Tensor> {
         check_draws(batch, u, z)?;
         let (t, weight) = self.times(u)?;
         let (mean, std) = self.sde.marginal_prob(batch, &t)?;
         let std = std.to_dtype(batch.dtype())?;
         let perturbed = (mean + mul_batch(&std, z)?)?;
-        let score_fn = ScoreModelFn::new(&self.sde, model, self.options.continuous).train(train);
+        let score_fn =
+            ScoreModelFn::new(&self.sde, model, self.options.continuous).train(mode.reborrow());
         let score = score_fn.score(&perturbed, &t)?;
         let losses = if !self.options.likelihood_weighting {
             // (score · std + z)²
@@ -207,17 +211,18 @@ impl<S: Sde> SdeLoss<S> {
         batch: &Tensor,
         u: &Tensor,
         z: &Tensor,
-        train: bool,
+        mode: Mode<'_>,
     ) -> Result<Tensor> {
         Ok(self
-            .per_sample_from_draws(model, batch, u, z, train)?
+            .per_sample_from_draws(model, batch, u, z, mode)?
             .mean_all()?)
     }
 }
 
 impl<S: Sde> TrainingLoss for SdeLoss<S> {
     /// Draws u ~ U(0, 1) `[B]`, then z ~ N(0, I) like the batch (the reference's order), and
-    /// calls [`SdeLoss::loss_from_draws`].
+    /// calls [`SdeLoss::loss_from_draws`] (in training, the dropout masks come next from
+    /// `noise`).
     fn loss<M: ScoreModel + ?Sized, N: NoiseSource + ?Sized>(
         &self,
         model: &M,
@@ -228,7 +233,43 @@ impl<S: Sde> TrainingLoss for SdeLoss<S> {
         let b = batch.dim(0)?;
         let u = noise.rand_uniform(&b.into(), batch.device(), batch.dtype())?;
         let z = sde_core::noise::randn_like(batch, noise)?;
-        self.loss_from_draws(model, batch, &u, &z, train)
+        let mut noise = DynNoise(noise);
+        self.loss_from_draws(model, batch, &u, &z, train_mode(train, &mut noise))
+    }
+}
+
+/// A `&mut N` usable as `&mut dyn NoiseSource` for any `N: NoiseSource + ?Sized` (an unsized
+/// `N`, e.g. `dyn NoiseSource` itself, cannot be coerced directly): forwards every draw.
+pub(crate) struct DynNoise<'a, N: ?Sized>(pub(crate) &'a mut N);
+
+impl<N: NoiseSource + ?Sized> NoiseSource for DynNoise<'_, N> {
+    fn randn(&mut self, shape: &Shape, device: &Device, dtype: DType) -> sde_core::Result<Tensor> {
+        self.0.randn(shape, device, dtype)
+    }
+    fn rand_uniform(
+        &mut self,
+        shape: &Shape,
+        device: &Device,
+        dtype: DType,
+    ) -> sde_core::Result<Tensor> {
+        self.0.rand_uniform(shape, device, dtype)
+    }
+    fn rademacher(
+        &mut self,
+        shape: &Shape,
+        device: &Device,
+        dtype: DType,
+    ) -> sde_core::Result<Tensor> {
+        self.0.rademacher(shape, device, dtype)
+    }
+}
+
+/// [`Mode::Train`] drawing from `noise` when `train`, else [`Mode::Eval`].
+pub(crate) fn train_mode<'a>(train: bool, noise: &'a mut dyn NoiseSource) -> Mode<'a> {
+    if train {
+        Mode::Train(noise)
+    } else {
+        Mode::Eval
     }
 }
 

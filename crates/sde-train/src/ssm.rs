@@ -1,12 +1,12 @@
 //! Sliced score matching (Song, Garg, Shi & Ermon 2019) for time-dependent scores.
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Shape, Tensor};
 use sde_core::noise::NoiseSource;
-use sde_core::{expand_batch, mul_batch, ScoreFn, ScoreModel, ScoreModelFn, Sde};
+use sde_core::{expand_batch, mul_batch, Mode, ScoreFn, ScoreModel, ScoreModelFn, Sde};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_param, Error, Result};
-use crate::loss::{check_draws, TrainingLoss};
+use crate::loss::{check_draws, train_mode, DynNoise, TrainingLoss};
 
 /// The distribution of the random projections v (both have E[v vᵀ] = I).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +30,10 @@ pub enum Projection {
 /// The directional derivative vᵀ∇ₓs v is a central difference,
 /// vᵀ (s(x + h v) − s(x − h v)) / (2h) with h = `fd_step` · σ(t) (exact for scores linear in x,
 /// O(h²) otherwise), which needs only first-order autograd (candle detaches gradients, so a
-/// Hessian-vector product through the network is not available).
+/// Hessian-vector product through the network is not available). In training mode the three
+/// evaluations s(x + h v), s(x − h v) and s(x) share one set of dropout masks (drawn from the
+/// caller's source in the first and replayed in the other two), so the difference is that of
+/// one function.
 ///
 /// Reduction over data dims: the sum, or with `reduce_mean` 2/D × the sum, so that the loss
 /// differs from [`crate::SdeLoss`]'s (½ sum resp. mean) by a constant in θ only.
@@ -112,7 +115,7 @@ impl<S: Sde> SlicedScoreMatching<S> {
 
     /// Per-sample losses `[P·B]` for explicit draws: `u: [B]` (t = u (T − eps) + eps), `z` like
     /// the batch, and projections `v: [P·B, ...]` (P = `n_particles`; row p·B + i projects
-    /// sample i).
+    /// sample i); the model runs in `mode`, with one set of dropout masks for its three calls.
     pub fn per_sample_from_draws<M: ScoreModel + ?Sized>(
         &self,
         model: &M,
@@ -120,7 +123,7 @@ impl<S: Sde> SlicedScoreMatching<S> {
         u: &Tensor,
         z: &Tensor,
         v: &Tensor,
-        train: bool,
+        mut mode: Mode<'_>,
     ) -> Result<Tensor> {
         check_draws(batch, u, z)?;
         let p = self.options.n_particles;
@@ -142,14 +145,28 @@ impl<S: Sde> SlicedScoreMatching<S> {
         // Repeat the batch P times along dim 0.
         let rep = |a: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&vec![a.clone(); p], 0)?) };
         let (x, t, std) = (rep(&x)?, rep(&t)?, rep(&std)?);
-        let score_fn = ScoreModelFn::new(&self.sde, model, self.options.continuous).train(train);
+        let mut replay = Replay {
+            source: mode.noise(),
+            tape: Vec::new(),
+            next: None,
+        };
+        let train = replay.source.is_some();
+        // One evaluation; the first records the dropout draws, the later ones replay them.
+        let mut score = |x: &Tensor| -> Result<Tensor> {
+            let score_fn = ScoreModelFn::new(&self.sde, model, self.options.continuous);
+            let score_fn = score_fn.train(train_mode(train, &mut replay));
+            let s = score_fn.score(x, &t)?;
+            drop(score_fn);
+            replay.next = Some(0);
+            Ok(s)
+        };
         let h = (std.clone() * self.options.fd_step)?;
         let hv = mul_batch(&h, v)?;
-        let s_plus = score_fn.score(&(&x + &hv)?, &t)?;
-        let s_minus = score_fn.score(&(&x - &hv)?, &t)?;
+        let s_plus = score(&(&x + &hv)?)?;
+        let s_minus = score(&(&x - &hv)?)?;
         let dir = (s_plus - s_minus)?.broadcast_div(&expand_batch(&(h * 2.0)?, v)?)?;
         let jac = (v * dir)?.flatten_from(1)?.sum(1)?;
-        let s = score_fn.score(&x, &t)?;
+        let s = score(&x)?;
         let quad = if self.options.variance_reduction {
             s.sqr()?.flatten_from(1)?.sum(1)?
         } else {
@@ -177,10 +194,10 @@ impl<S: Sde> SlicedScoreMatching<S> {
         u: &Tensor,
         z: &Tensor,
         v: &Tensor,
-        train: bool,
+        mode: Mode<'_>,
     ) -> Result<Tensor> {
         Ok(self
-            .per_sample_from_draws(model, batch, u, z, v, train)?
+            .per_sample_from_draws(model, batch, u, z, v, mode)?
             .mean_all()?)
     }
 }
@@ -205,6 +222,75 @@ impl<S: Sde> TrainingLoss for SlicedScoreMatching<S> {
             Projection::Gaussian => noise.randn(&vshape, dev, dt)?,
             Projection::Rademacher => noise.rademacher(&vshape, dev, dt)?,
         };
-        self.loss_from_draws(model, batch, &u, &z, &v, train)
+        let mut noise = DynNoise(noise);
+        self.loss_from_draws(model, batch, &u, &z, &v, train_mode(train, &mut noise))
+    }
+}
+
+/// Records the draws of the first model call from `source` and replays them, in order, in the
+/// later calls (`next = Some(i)`: replaying, draw `i` comes next).
+struct Replay<'a> {
+    source: Option<&'a mut dyn NoiseSource>,
+    tape: Vec<Tensor>,
+    next: Option<usize>,
+}
+
+impl Replay<'_> {
+    fn draw(
+        &mut self,
+        shape: &Shape,
+        device: &Device,
+        dtype: DType,
+        fresh: impl FnOnce(&mut dyn NoiseSource) -> sde_core::Result<Tensor>,
+    ) -> sde_core::Result<Tensor> {
+        match self.next {
+            None => {
+                let Some(source) = self.source.as_deref_mut() else {
+                    return Err(sde_core::Error::Unsupported(
+                        "sliced score matching: a draw in evaluation mode".into(),
+                    ));
+                };
+                let t = fresh(source)?;
+                self.tape.push(t.clone());
+                Ok(t)
+            }
+            Some(i) => {
+                let t = self.tape.get(i).cloned().filter(|t| {
+                    t.shape() == shape && t.dtype() == dtype && t.device().same_device(device)
+                });
+                let Some(t) = t else {
+                    return Err(sde_core::Error::Unsupported(format!(
+                        "sliced score matching: model call draws {shape:?} {dtype:?} as draw {i}, \
+                         unlike its first call (the three evaluations must draw alike)"
+                    )));
+                };
+                self.next = Some(i + 1);
+                Ok(t)
+            }
+        }
+    }
+}
+
+impl NoiseSource for Replay<'_> {
+    fn randn(&mut self, shape: &Shape, device: &Device, dtype: DType) -> sde_core::Result<Tensor> {
+        self.draw(shape, device, dtype, |n| n.randn(shape, device, dtype))
+    }
+    fn rand_uniform(
+        &mut self,
+        shape: &Shape,
+        device: &Device,
+        dtype: DType,
+    ) -> sde_core::Result<Tensor> {
+        self.draw(shape, device, dtype, |n| {
+            n.rand_uniform(shape, device, dtype)
+        })
+    }
+    fn rademacher(
+        &mut self,
+        shape: &Shape,
+        device: &Device,
+        dtype: DType,
+    ) -> sde_core::Result<Tensor> {
+        self.draw(shape, device, dtype, |n| n.rademacher(shape, device, dtype))
     }
 }

@@ -130,7 +130,7 @@ pub struct TrainSummary {
 ///
 /// struct Net(candle_nn::Linear);
 /// impl ScoreModel for Net {
-///     fn forward_t(&self, x: &Tensor, _labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+///     fn forward_t(&self, x: &Tensor, _labels: &Tensor, _mode: sde_core::Mode<'_>) -> sde_core::Result<Tensor> {
 ///         Ok(self.0.forward(x)?)
 ///     }
 /// }

@@ -23,7 +23,12 @@ fn vectors() -> HashMap<String, Tensor> {
 /// −(x − μ0)/(s0² + σ²).
 struct VeExact;
 impl ScoreModel for VeExact {
-    fn forward_t(&self, x: &Tensor, sigma: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        sigma: &Tensor,
+        _mode: sde_core::Mode<'_>,
+    ) -> sde_core::Result<Tensor> {
         let var = sigma.sqr()?.affine(1.0, S0 * S0)?;
         let r = x.affine(1.0, -MU0)?.neg()?;
         mul_batch(&var.recip()?, &r)
@@ -33,7 +38,12 @@ impl ScoreModel for VeExact {
 /// VP / sub-VP continuous: labels are 999 t; returns −std(t) · score(x, t).
 struct NoiseExact<S: Sde + Clone>(S);
 impl<S: Sde + Clone> ScoreModel for NoiseExact<S> {
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        _mode: sde_core::Mode<'_>,
+    ) -> sde_core::Result<Tensor> {
         let t = labels.affine(1.0 / 999.0, 0.0)?;
         let score = GaussianScore::isotropic(self.0.clone(), MU0, S0)?.score(x, &t)?;
         let std = self.0.marginal_coeffs(&t)?.1;
@@ -44,7 +54,12 @@ impl<S: Sde + Clone> ScoreModel for NoiseExact<S> {
 /// SMLD: i64 labels index the descending σ list; returns the exact score.
 struct SmldExact(Vec<f64>);
 impl ScoreModel for SmldExact {
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        _mode: sde_core::Mode<'_>,
+    ) -> sde_core::Result<Tensor> {
         assert_eq!(labels.dtype(), DType::I64);
         let var: Vec<f64> = to_host_f64(labels)?
             .iter()
@@ -58,7 +73,12 @@ impl ScoreModel for SmldExact {
 /// DDPM: labels index ᾱ; returns −√(1 − ᾱ) · score of N(√ᾱ μ0, ᾱ s0² + 1 − ᾱ).
 struct DdpmExact(Vec<f64>);
 impl ScoreModel for DdpmExact {
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        _mode: sde_core::Mode<'_>,
+    ) -> sde_core::Result<Tensor> {
         let l = to_host_f64(labels)?;
         let ab: Vec<f64> = l.iter().map(|&l| self.0[l as usize]).collect();
         let mean = sde_core::from_host_f64(
@@ -117,7 +137,7 @@ fn check_sde<S: Sde + Clone, M: ScoreModel>(
                     batch,
                     &v[&format!("{key}.u")],
                     &v[&format!("{key}.z")],
-                    false,
+                    sde_core::Mode::Eval,
                 )
                 .unwrap();
             assert_eq!(got.dims(), &[] as &[usize]);
@@ -155,7 +175,7 @@ fn smld_and_ddpm_match_reference() {
                 batch,
                 &v[&format!("{key}.labels")],
                 &v[&format!("{key}.z")],
-                false,
+                sde_core::Mode::Eval,
             )
             .unwrap();
         assert_close(scalar(&got), scalar(&v[&format!("{key}.loss")]), &key);
@@ -167,7 +187,7 @@ fn smld_and_ddpm_match_reference() {
                 batch,
                 &v[&format!("{key}.labels")],
                 &v[&format!("{key}.z")],
-                false,
+                sde_core::Mode::Eval,
             )
             .unwrap();
         assert_close(scalar(&got), scalar(&v[&format!("{key}.loss")]), &key);
@@ -183,12 +203,18 @@ fn bad_draws_are_errors() {
     let u = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
     let z = batch.zeros_like().unwrap();
     assert!(matches!(
-        loss.loss_from_draws(&VeExact, batch, &u, &z, false),
+        loss.loss_from_draws(&VeExact, batch, &u, &z, sde_core::Mode::Eval),
         Err(sde_train::Error::ShapeMismatch { .. })
     ));
     let labels = Tensor::new(&[0i64, 1, 2, 1000], &Device::Cpu).unwrap();
     assert!(matches!(
-        SmldLoss::new(&ve, false).loss_from_draws(&VeExact, batch, &labels, &z, false),
+        SmldLoss::new(&ve, false).loss_from_draws(
+            &VeExact,
+            batch,
+            &labels,
+            &z,
+            sde_core::Mode::Eval
+        ),
         Err(sde_train::Error::InvalidParameter { name: "labels", .. })
     ));
     assert!(SdeLoss::new(

@@ -54,7 +54,12 @@ fn importance_is_uniform_for_ve() {
 /// VP continuous exact model (−σ · score) for N(0.3, 0.6²) data.
 struct NoiseExact<S: Sde + Clone>(S);
 impl<S: Sde + Clone> ScoreModel for NoiseExact<S> {
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        _mode: sde_core::Mode<'_>,
+    ) -> sde_core::Result<Tensor> {
         let t = labels.affine(1.0 / 999.0, 0.0)?;
         let score = GaussianScore::isotropic(self.0.clone(), 0.3, 0.6)?.score(x, &t)?;
         let std = self.0.marginal_coeffs(&t)?.1;
@@ -103,13 +108,13 @@ fn importance_sampling_is_unbiased_with_lower_variance() {
     };
     let (u, z) = draw(&mut r);
     let a = to_host_f64(
-        &uni.per_sample_from_draws(&model, &batch, &u, &z, false)
+        &uni.per_sample_from_draws(&model, &batch, &u, &z, sde_core::Mode::Eval)
             .unwrap(),
     )
     .unwrap();
     let (u, z) = draw(&mut r);
     let b = to_host_f64(
-        &is.per_sample_from_draws(&model, &batch, &u, &z, false)
+        &is.per_sample_from_draws(&model, &batch, &u, &z, sde_core::Mode::Eval)
             .unwrap(),
     )
     .unwrap();
@@ -126,7 +131,12 @@ fn importance_sampling_is_unbiased_with_lower_variance() {
 /// A score c · s*(x, t) for N(0.3, 0.6²) data under VE.
 struct Scaled(f64);
 impl ScoreModel for Scaled {
-    fn forward_t(&self, x: &Tensor, sigma: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        sigma: &Tensor,
+        _mode: sde_core::Mode<'_>,
+    ) -> sde_core::Result<Tensor> {
         let var = sigma.sqr()?.affine(1.0, 0.36)?;
         let r = x.affine(1.0, -0.3)?.neg()?;
         Ok(mul_batch(&var.recip()?, &r)?.affine(self.0, 0.0)?)
@@ -158,7 +168,7 @@ fn sliced_score_matching_closed_form_and_minimiser() {
             let z = r.randn(&(b, 3).into(), &Device::Cpu, DType::F64).unwrap();
             let v = r.randn(&(b, 3).into(), &Device::Cpu, DType::F64).unwrap();
             let got = to_host_f64(
-                &ssm.per_sample_from_draws(&Scaled(1.0), &batch, &u, &z, &v, false)
+                &ssm.per_sample_from_draws(&Scaled(1.0), &batch, &u, &z, &v, sde_core::Mode::Eval)
                     .unwrap(),
             )
             .unwrap();

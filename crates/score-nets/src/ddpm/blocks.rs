@@ -21,10 +21,12 @@ pub(super) fn group_norm32(channels: usize, vb: VarBuilder) -> Result<GroupNorm>
     GroupNorm::new(weight, bias, 32, 1e-6)
 }
 
-pub(super) type Rng<'a> = Option<&'a mut dyn rand::RngCore>;
+pub(super) type Rng<'a> = Option<&'a mut dyn sde_core::noise::NoiseSource>;
 
 /// Reborrows the optional dropout generator for one block call.
-pub(super) fn reborrow<'s>(rng: &'s mut Rng<'_>) -> Option<&'s mut dyn rand::RngCore> {
+pub(super) fn reborrow<'s>(
+    rng: &'s mut Rng<'_>,
+) -> Option<&'s mut dyn sde_core::noise::NoiseSource> {
     match rng {
         Some(r) => Some(&mut **r),
         None => None,

@@ -132,6 +132,15 @@ impl DdpmConfig {
                 self.image_size
             ));
         }
+        let res: Vec<usize> = (0..self.ch_mult.len())
+            .map(|i| self.image_size >> i)
+            .collect();
+        if let Some(r) = self.attn_resolutions.iter().find(|r| !res.contains(r)) {
+            return bad(format!(
+                "attn_resolutions contains {r}, which is no level of the resolution ladder \
+                 {res:?} (image_size / 2^i): the network would have no attention there"
+            ));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
@@ -156,69 +165,46 @@ impl DdpmConfig {
             .collect()
     }
 
-    /// Reads `model` and `data` of a JSON dump of a reference config (as in the parity
-    /// vectors' `.json`, under `config`), missing keys from [`DdpmConfig::cifar10`], then
-    /// validates. Only keys the DDPM network uses are read.
+    /// Reads the DDPM network of a reference config dump (the config, or a file with it
+    /// under `config`; see [`crate::ReferenceConfig::from_json`]), then validates.
+    ///
+    /// Every key `models/ddpm.py` reads must be present (`data.image_size`, `num_channels`,
+    /// `centered`; `model.nf`, `ch_mult`, `num_res_blocks`, `attn_resolutions`, `dropout`,
+    /// `resamp_with_conv`, `conditional`, `scale_by_sigma`, `nonlinearity`, `sigma_min`,
+    /// `sigma_max`, `num_scales`). A key outside the reference's schema, a missing key, a
+    /// wrong type, or `model.name` other than `ddpm` is [`Error::Config`] naming the key.
     pub fn from_reference_json(config: &serde_json::Value) -> Result<Self> {
-        use serde_json::Value;
-        let mut c = Self::cifar10();
-        let err = |k: &str| Error::Config(format!("reference config: bad `{k}`"));
-        let model = config.get("model").unwrap_or(&Value::Null);
-        let data = config.get("data").unwrap_or(&Value::Null);
-        let get_usize = |v: &Value, k: &str| -> Result<Option<usize>> {
-            v.get(k)
-                .map(|x| x.as_u64().map(|u| u as usize).ok_or_else(|| err(k)))
-                .transpose()
-        };
-        let get_bool = |v: &Value, k: &str| -> Result<Option<bool>> {
-            v.get(k)
-                .map(|x| x.as_bool().ok_or_else(|| err(k)))
-                .transpose()
-        };
-        let get_f64 = |v: &Value, k: &str| -> Result<Option<f64>> {
-            v.get(k)
-                .map(|x| x.as_f64().ok_or_else(|| err(k)))
-                .transpose()
-        };
-        let get_vec = |v: &Value, k: &str| -> Result<Option<Vec<usize>>> {
-            v.get(k)
-                .map(|x| {
-                    x.as_array()
-                        .ok_or_else(|| err(k))?
-                        .iter()
-                        .map(|e| e.as_u64().map(|u| u as usize).ok_or_else(|| err(k)))
-                        .collect()
-                })
-                .transpose()
-        };
-        if let Some(name) = model.get("name").and_then(Value::as_str) {
+        Self::from_reference(&crate::ReferenceConfig::from_json(config)?)
+    }
+
+    pub(crate) fn from_reference(r: &crate::ReferenceConfig) -> Result<Self> {
+        use crate::reference::Section as S;
+        let (data, m) = (r.section("data"), r.section("model"));
+        const WHO: &str = "ddpm";
+        if let Some(name) = m.str("name")? {
             if name != "ddpm" {
                 return Err(Error::Config(format!(
-                    "reference config is for model `{name}`, not `ddpm`"
+                    "reference config: `config.model.name` = `{name}` is not `ddpm`"
                 )));
             }
         }
-        c.image_size = get_usize(data, "image_size")?.unwrap_or(c.image_size);
-        c.num_channels = get_usize(data, "num_channels")?.unwrap_or(c.num_channels);
-        c.centered = get_bool(data, "centered")?.unwrap_or(c.centered);
-        c.nf = get_usize(model, "nf")?.unwrap_or(c.nf);
-        c.ch_mult = get_vec(model, "ch_mult")?.unwrap_or(c.ch_mult);
-        c.num_res_blocks = get_usize(model, "num_res_blocks")?.unwrap_or(c.num_res_blocks);
-        c.attn_resolutions = get_vec(model, "attn_resolutions")?.unwrap_or(c.attn_resolutions);
-        c.dropout = get_f64(model, "dropout")?.unwrap_or(c.dropout);
-        c.resamp_with_conv = get_bool(model, "resamp_with_conv")?.unwrap_or(c.resamp_with_conv);
-        c.conditional = get_bool(model, "conditional")?.unwrap_or(c.conditional);
-        c.scale_by_sigma = get_bool(model, "scale_by_sigma")?.unwrap_or(c.scale_by_sigma);
-        c.sigma_min = get_f64(model, "sigma_min")?.unwrap_or(c.sigma_min);
-        c.sigma_max = get_f64(model, "sigma_max")?.unwrap_or(c.sigma_max);
-        c.num_scales = get_usize(model, "num_scales")?.unwrap_or(c.num_scales);
-        if let Some(a) = model.get("nonlinearity") {
-            let s = a
-                .as_str()
-                .ok_or_else(|| err("nonlinearity"))?
-                .to_lowercase();
-            c.act = serde_json::from_value(Value::String(s)).map_err(|_| err("nonlinearity"))?;
-        }
+        let c = Self {
+            image_size: data.req("image_size", WHO, S::usize)?,
+            num_channels: data.req("num_channels", WHO, S::usize)?,
+            centered: data.req("centered", WHO, S::bool)?,
+            nf: m.req("nf", WHO, S::usize)?,
+            ch_mult: m.req("ch_mult", WHO, S::usizes)?,
+            num_res_blocks: m.req("num_res_blocks", WHO, S::usize)?,
+            attn_resolutions: m.req("attn_resolutions", WHO, S::usizes)?,
+            dropout: m.req("dropout", WHO, S::f64)?,
+            resamp_with_conv: m.req("resamp_with_conv", WHO, S::bool)?,
+            conditional: m.req("conditional", WHO, S::bool)?,
+            scale_by_sigma: m.req("scale_by_sigma", WHO, S::bool)?,
+            act: m.req("nonlinearity", WHO, S::enum_of)?,
+            sigma_min: m.req("sigma_min", WHO, S::f64)?,
+            sigma_max: m.req("sigma_max", WHO, S::f64)?,
+            num_scales: m.req("num_scales", WHO, S::usize)?,
+        };
         c.validate()?;
         Ok(c)
     }

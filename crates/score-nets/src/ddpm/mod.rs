@@ -7,11 +7,10 @@ mod config;
 
 pub use config::DdpmConfig;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
-use rand::SeedableRng;
+use sde_core::noise::NoiseSource;
+use sde_core::Mode;
 
 use blocks::{group_norm32, reborrow, AttnBlock, Downsample, ResnetBlock, Rng, Upsample};
 
@@ -49,13 +48,12 @@ enum Block {
 /// * With `scale_by_sigma` the reference returns `float64` (it indexes a float64 buffer);
 ///   here the output keeps `x`'s dtype, the division being done with the f64 sigmas cast to it.
 ///   Labels must be integer indices in `[0, num_scales)` (the reference requires `long` too).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ddpm {
     config: DdpmConfig,
     modules: Vec<Block>,
     sigmas: Vec<f64>,
-    dropout_seed: u64,
-    dropout_calls: AtomicU64,
+    dtype: DType,
 }
 
 impl Ddpm {
@@ -169,8 +167,7 @@ impl Ddpm {
             config: c.clone(),
             modules,
             sigmas,
-            dropout_seed: 0,
-            dropout_calls: AtomicU64::new(0),
+            dtype: vb.dtype(),
         })
     }
 
@@ -189,24 +186,18 @@ impl Ddpm {
         &self.sigmas
     }
 
-    /// Seeds the dropout masks drawn by `forward_t(.., train = true)` and resets its call
-    /// counter (mask `n` is drawn from a generator seeded by `(seed, n)`).
-    pub fn set_dropout_seed(&mut self, seed: u64) {
-        self.dropout_seed = seed;
-        self.dropout_calls.store(0, Ordering::Relaxed);
-    }
-
     /// Evaluation-mode forward pass (`model(x, labels)` in `eval()` mode).
     pub fn forward(&self, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
         self.forward_impl(x, labels, None, None)
     }
 
-    /// Training-mode forward pass, dropout masks drawn from `rng`.
+    /// Training-mode forward pass, dropout masks drawn from `rng`, one per residual block in
+    /// module order (`forward_t(x, labels, Mode::Train(rng))`); the network holds no generator.
     pub fn forward_train(
         &self,
         x: &Tensor,
         labels: &Tensor,
-        rng: &mut dyn rand::RngCore,
+        rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
         self.forward_impl(x, labels, Some(rng), None)
     }
@@ -225,28 +216,17 @@ impl Ddpm {
 
     fn check_inputs(&self, x: &Tensor, labels: &Tensor) -> Result<()> {
         let c = &self.config;
-        let b = x.dims().first().copied().unwrap_or(0);
-        if x.dims() != [b, c.num_channels, c.image_size, c.image_size] {
-            return Err(Error::Input(format!(
-                "DDPM expects x of shape [B, {}, {}, {}], got {:?}",
-                c.num_channels,
-                c.image_size,
-                c.image_size,
-                x.dims()
-            )));
-        }
-        if !x.dtype().is_float() {
-            return Err(Error::Input(format!(
-                "x must be a float tensor, got {:?}",
-                x.dtype()
-            )));
-        }
-        if labels.dims() != [b] {
-            return Err(Error::Input(format!(
-                "labels must have shape [{b}], got {:?}",
-                labels.dims()
-            )));
-        }
+        crate::input::check_input(
+            &crate::input::Expected {
+                net: "DDPM",
+                channels: c.num_channels,
+                image_size: c.image_size,
+                dtype: self.dtype,
+                positive_labels: false,
+            },
+            x,
+            labels,
+        )?;
         Ok(())
     }
 
@@ -437,17 +417,10 @@ impl Ddpm {
 }
 
 impl sde_core::ScoreModel for Ddpm {
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, train: bool) -> sde_core::Result<Tensor> {
-        if train && self.config.dropout > 0.0 {
-            let n = self.dropout_calls.fetch_add(1, Ordering::Relaxed);
-            let mut rng = rand::rngs::StdRng::seed_from_u64(
-                self.dropout_seed
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    .wrapping_add(n),
-            );
-            Ok(self.forward_train(x, labels, &mut rng)?)
-        } else {
-            Ok(self.forward(x, labels)?)
+    fn forward_t(&self, x: &Tensor, labels: &Tensor, mode: Mode<'_>) -> sde_core::Result<Tensor> {
+        match mode {
+            Mode::Eval => Ok(self.forward(x, labels)?),
+            Mode::Train(noise) => Ok(self.forward_train(x, labels, noise)?),
         }
     }
 }

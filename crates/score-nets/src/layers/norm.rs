@@ -234,8 +234,9 @@ fn gn_bwd<T: WithDType + Float>(
         let (bi, g) = (bg / groups, bg % groups);
         let xs = &x[bg * n..(bg + 1) * n];
         let dys = &dy[bg * n..(bg + 1) * n];
-        // SAFETY: group bg owns dx[bg*n .. (bg+1)*n] and its channels' slots of the parameter
-        // gradients of sample bi
+        // SAFETY: group bg owns dx[bg*n .. (bg+1)*n] (bg < b·groups, so in bounds of x.len());
+        // no other task touches that range. The parameter-gradient slots of sample bi are
+        // shared by its groups, so they are written element by element below, never sliced.
         let dxs = unsafe { out.slice(bg * n, n) };
         let (mean, rstd) = stats(xs, eps);
         // first pass: dz into dxs, group sums of dxhat and dxhat * xhat
@@ -268,9 +269,16 @@ fn gn_bwd<T: WithDType + Float>(
             s1 += gm * sdz;
             s2 += gm * sdzx;
             if param_grads {
-                let pg = unsafe { out.slice(total + 2 * bi * c, 2 * c) };
-                pg[ch] = T::from_f64(sdzx);
-                pg[c + ch] = T::from_f64(sdz);
+                let base = total + 2 * bi * c;
+                // SAFETY: base + c + ch < total + 2 b c = dx.len() (bi < b, ch < c). Channel ch
+                // belongs to group g only, so (bi, ch) is written by task bg = bi·groups + g
+                // alone, and these raw writes create no reference to the slots of the sample's
+                // other groups (which their tasks write concurrently); the range is disjoint
+                // from every task's `dxs`.
+                unsafe {
+                    out.write(base + ch, T::from_f64(sdzx));
+                    out.write(base + c + ch, T::from_f64(sdz));
+                }
             }
         }
         let (m1, m2) = (s1 / n as f64, s2 / n as f64);

@@ -116,7 +116,7 @@ impl ResnetBlockDdpmPp {
         &self,
         x: &Tensor,
         temb: Option<&Tensor>,
-        rng: Option<&mut dyn rand::RngCore>,
+        rng: Option<&mut dyn sde_core::noise::NoiseSource>,
     ) -> Result<Tensor> {
         let act = self.opts.act;
         let h = self.group_norm_0.forward_act(x, act)?;
@@ -220,7 +220,7 @@ impl ResnetBlockBigGanPp {
         &self,
         x: &Tensor,
         temb: Option<&Tensor>,
-        rng: Option<&mut dyn rand::RngCore>,
+        rng: Option<&mut dyn sde_core::noise::NoiseSource>,
     ) -> Result<Tensor> {
         let act = self.opts.act;
         let h = self.group_norm_0.forward_act(x, act)?;

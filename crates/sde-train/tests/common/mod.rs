@@ -21,7 +21,12 @@ impl TinyNet {
 }
 
 impl ScoreModel for TinyNet {
-    fn forward_t(&self, x: &Tensor, labels: &Tensor, _train: bool) -> sde_core::Result<Tensor> {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        _mode: sde_core::Mode<'_>,
+    ) -> sde_core::Result<Tensor> {
         let l = labels
             .to_dtype(x.dtype())?
             .affine(1e-3, 0.0)?
