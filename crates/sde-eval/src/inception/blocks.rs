@@ -85,12 +85,12 @@ impl<'a> Params<'a> {
     }
 }
 
-/// `BasicConv2d`: conv(bias=False) → BatchNorm(eps = 0.001, running statistics) → ReLU, with
-/// the BatchNorm folded into the convolution: s = γ/√(var + eps), W' = s·W, b' = β − s·mean
-/// (folded in f64, stored in f32).
+/// `BasicConv2d`: conv(bias=False) → BatchNorm(eps = 0.001, running statistics) → ReLU, the
+/// BatchNorm as the per-channel affine map PyTorch's eval kernel applies.
 #[derive(Debug, Clone)]
 pub(crate) struct BasicConv2d {
     weight: Tensor,
+    scale: Tensor,
     bias: Tensor,
     /// (height, width) zero padding.
     padding: (usize, usize),
@@ -120,22 +120,27 @@ impl BasicConv2d {
                 reason: format!("`{name}.bn.running_var[{i}]` + eps must be > 0"),
             });
         }
-        let per = cin * kernel.0 * kernel.1;
-        let mut wf = w;
-        let mut bf = vec![0.0; cout];
+        // PyTorch's CPU eval BatchNorm: α = γ/√(var + eps), β' = β − mean·α, y = x·α + β'
+        // applied to the conv output (folding α into the weights instead moved pool3 by
+        // 1.4e-4 of its scale through the 94 layers).
+        let mut alpha = vec![0.0; cout];
+        let mut shift = vec![0.0; cout];
         for o in 0..cout {
-            let s = gamma[o] / (var[o] + BN_EPS).sqrt();
-            wf[o * per..(o + 1) * per].iter_mut().for_each(|x| *x *= s);
-            bf[o] = beta[o] - s * mean[o];
+            alpha[o] = gamma[o] / (var[o] + BN_EPS).sqrt();
+            shift[o] = beta[o] - alpha[o] * mean[o];
         }
-        let weight = Tensor::from_vec(wf, (cout, cin, kernel.0, kernel.1), &Device::Cpu)?
+        let weight = Tensor::from_vec(w, (cout, cin, kernel.0, kernel.1), &Device::Cpu)?
             .to_dtype(DType::F32)?
             .to_device(&p.device)?;
-        let bias = Tensor::from_vec(bf, (1, cout, 1, 1), &Device::Cpu)?
+        let scale = Tensor::from_vec(alpha, (1, cout, 1, 1), &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .to_device(&p.device)?;
+        let bias = Tensor::from_vec(shift, (1, cout, 1, 1), &Device::Cpu)?
             .to_dtype(DType::F32)?
             .to_device(&p.device)?;
         Ok(Self {
             weight,
+            scale,
             bias,
             padding,
             stride,
@@ -151,7 +156,7 @@ impl BasicConv2d {
                 .pad_with_zeros(3, pw, pw)?
                 .conv2d(&self.weight, 0, self.stride, 1, 1)?
         };
-        Ok(y.broadcast_add(&self.bias)?.relu()?)
+        Ok(y.broadcast_mul(&self.scale)?.broadcast_add(&self.bias)?.relu()?)
     }
 }
 

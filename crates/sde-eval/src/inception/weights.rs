@@ -31,9 +31,15 @@ pub fn load_pth(path: impl AsRef<Path>) -> Result<StateDict> {
 /// Every other entry is stored as itself.
 pub fn load_compact(path: impl AsRef<Path>) -> Result<StateDict> {
     let path = path.as_ref();
-    let raw = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| file_err(path, format!("not a readable safetensors file: {e}")))?;
+    let raw = read_raw_safetensors(path)?;
     let mut out = StateDict::new();
+    let (raw, raw_i8) = raw;
+    for name in raw_i8.keys() {
+        let base = name.strip_suffix(".codes_i8").unwrap_or(name);
+        if !raw.contains_key(&format!("{base}.shape")) {
+            return Err(file_err(path, format!("`{name}` without `{base}.shape`")));
+        }
+    }
     let mut names: Vec<&String> = raw.keys().collect();
     names.sort();
     for name in names {
@@ -72,8 +78,8 @@ pub fn load_compact(path: impl AsRef<Path>) -> Result<StateDict> {
                     v.push(field as f32 - 1.0);
                 }
                 v
-            } else if let Some(c) = raw.get(&format!("{base}.codes_i8")) {
-                let v: Vec<f32> = c.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            } else if let Some(c) = raw_i8.get(&format!("{base}.codes_i8")) {
+                let v: Vec<f32> = c.iter().map(|&b| b as f32).collect();
                 if v.len() != numel {
                     return Err(file_err(path, format!("`{base}.codes_i8` has {} codes, shape needs {numel}", v.len())));
                 }
@@ -84,7 +90,7 @@ pub fn load_compact(path: impl AsRef<Path>) -> Result<StateDict> {
             // codes × step in float32, exactly as the weights were drawn.
             let w: Vec<f32> = codes.into_iter().map(|c| c * step).collect();
             out.insert(base.to_string(), Tensor::from_vec(w, shape, &Device::Cpu)?);
-        } else if name.ends_with(".step") || name.ends_with(".codes_2bit") || name.ends_with(".codes_i8") {
+        } else if name.ends_with(".step") || name.ends_with(".codes_2bit") {
             // Consumed with their `.shape` entry.
             let base = name.rsplit_once('.').map(|(b, _)| b).unwrap_or(name);
             if !raw.contains_key(&format!("{base}.shape")) {
@@ -95,6 +101,37 @@ pub fn load_compact(path: impl AsRef<Path>) -> Result<StateDict> {
         }
     }
     Ok(out)
+}
+
+/// The tensors of a safetensors file: candle tensors for the dtypes candle reads, and the
+/// int8 entries as raw codes (candle has no int8 dtype).
+#[allow(clippy::type_complexity)]
+fn read_raw_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, Vec<i8>>)> {
+    use safetensors::Dtype as St;
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| file_err(path, format!("not a readable safetensors file: {e:?}")))?;
+    let mut tensors = HashMap::new();
+    let mut int8 = HashMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            St::I8 => {
+                int8.insert(name, view.data().iter().map(|&b| b as i8).collect());
+                continue;
+            }
+            St::F32 => DType::F32,
+            St::F64 => DType::F64,
+            St::I64 => DType::I64,
+            St::U8 => DType::U8,
+            St::U32 => DType::U32,
+            St::F16 => DType::F16,
+            St::BF16 => DType::BF16,
+            other => return Err(file_err(path, format!("`{name}`: unsupported dtype {other:?}"))),
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?;
+        tensors.insert(name, t);
+    }
+    Ok((tensors, int8))
 }
 
 /// sha256 of a file, lower-case hex (for `summary.json`: the weight file and the checkpoint).
