@@ -28,7 +28,11 @@ impl InceptionScoreAccumulator {
     /// `1 ≤ splits ≤ n_total`).
     pub fn new(n_total: u64, splits: usize, classes: usize) -> Result<Self> {
         if splits == 0 || splits as u64 > n_total {
-            return Err(invalid("splits", splits, format!("must be in [1, n_total = {n_total}]")));
+            return Err(invalid(
+                "splits",
+                splits,
+                format!("must be in [1, n_total = {n_total}]"),
+            ));
         }
         if classes < 2 {
             return Err(invalid("classes", classes, "must be at least 2"));
@@ -70,7 +74,11 @@ impl InceptionScoreAccumulator {
             return Err(invalid(
                 "first",
                 first,
-                format!("samples {first}..{} exceed n_total = {}", first + b as u64, self.n_total),
+                format!(
+                    "samples {first}..{} exceed n_total = {}",
+                    first + b as u64,
+                    self.n_total
+                ),
             ));
         }
         for (r, row) in v.chunks_exact(c).enumerate() {

@@ -60,7 +60,15 @@ impl MeanStd {
 /// Unbiased MMD² of two sets of m features each (row-major `[m, d]` f64), with
 /// k(x, y) = (γ x·y + c)^degree, torch-fidelity's `polynomial_mmd` / `mmd2(unbiased)`:
 /// MMD² = (Σ_{i≠j} k(xᵢ, xⱼ) + Σ_{i≠j} k(yᵢ, yⱼ)) / (m(m − 1)) − 2 Σ_{i,j} k(xᵢ, yⱼ) / m².
-fn mmd2_host(x: &[f64], y: &[f64], m: usize, d: usize, gamma: f64, coef0: f64, degree: u32) -> Result<f64> {
+fn mmd2_host(
+    x: &[f64],
+    y: &[f64],
+    m: usize,
+    d: usize,
+    gamma: f64,
+    coef0: f64,
+    degree: u32,
+) -> Result<f64> {
     let t = |a: &[f64]| {
         let mut at = vec![0.0; a.len()];
         for i in 0..m {
@@ -103,7 +111,13 @@ fn mmd2_host(x: &[f64], y: &[f64], m: usize, d: usize, gamma: f64, coef0: f64, d
 /// # Ok::<(), sde_eval::Error>(())
 /// ```
 #[doc(alias = "polynomial_mmd")]
-pub fn polynomial_mmd2(x: &Tensor, y: &Tensor, degree: u32, gamma: Option<f64>, coef0: f64) -> Result<f64> {
+pub fn polynomial_mmd2(
+    x: &Tensor,
+    y: &Tensor,
+    degree: u32,
+    gamma: Option<f64>,
+    coef0: f64,
+) -> Result<f64> {
     let (m, d, xv) = host_matrix(x, "KID features x")?;
     let (my, dy, yv) = host_matrix(y, "KID features y")?;
     if my != m || dy != d {
@@ -142,7 +156,12 @@ fn check_gamma(gamma: Option<f64>, d: usize) -> Result<f64> {
 ///
 /// `subset_size` larger than a set, below 2, or `subsets = 0` is
 /// [`Error::InvalidParameter`].
-pub fn kid<R: Rng + ?Sized>(x: &Tensor, y: &Tensor, opts: &KidOptions, rng: &mut R) -> Result<MeanStd> {
+pub fn kid<R: Rng + ?Sized>(
+    x: &Tensor,
+    y: &Tensor,
+    opts: &KidOptions,
+    rng: &mut R,
+) -> Result<MeanStd> {
     let (n1, d, xv) = host_matrix(x, "KID features x")?;
     let (n2, d2, yv) = host_matrix(y, "KID features y")?;
     if d2 != d {

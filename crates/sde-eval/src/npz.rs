@@ -38,7 +38,10 @@ pub(crate) fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
                 d
             }
             other => {
-                return Err(file_err(path, format!("`{name}`: unsupported compression {other:?}")))
+                return Err(file_err(
+                    path,
+                    format!("`{name}`: unsupported compression {other:?}"),
+                ))
             }
         };
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
@@ -72,7 +75,11 @@ fn parse_npy(b: &[u8]) -> std::result::Result<Tensor, String> {
         "<f4" => DType::F32,
         "<f8" => DType::F64,
         "<i8" => DType::I64,
-        other => return Err(format!("unsupported dtype `{other}` (expected <f4, <f8 or <i8)")),
+        other => {
+            return Err(format!(
+                "unsupported dtype `{other}` (expected <f4, <f8 or <i8)"
+            ))
+        }
     };
     if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
         return Err("Fortran-order arrays are not supported".into());
@@ -83,7 +90,10 @@ fn parse_npy(b: &[u8]) -> std::result::Result<Tensor, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension `{s}`")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad dimension `{s}`"))
+        })
         .collect::<std::result::Result<_, _>>()?;
     let numel = shape
         .iter()
@@ -92,7 +102,10 @@ fn parse_npy(b: &[u8]) -> std::result::Result<Tensor, String> {
     let data = &b[start + hlen..];
     let need = numel * dtype.size_in_bytes();
     if data.len() != need {
-        return Err(format!("{} data bytes, shape {shape:?} needs {need}", data.len()));
+        return Err(format!(
+            "{} data bytes, shape {shape:?} needs {need}",
+            data.len()
+        ));
     }
     Tensor::from_raw_buffer(data, dtype, &shape, &Device::Cpu).map_err(|e| e.to_string())
 }

@@ -21,7 +21,9 @@ pub struct PrecisionRecall {
 const BLOCK: usize = 1024;
 
 fn sq_norms(v: &[f64], d: usize) -> Vec<f64> {
-    v.chunks_exact(d).map(|r| r.iter().map(|x| x * x).sum()).collect()
+    v.chunks_exact(d)
+        .map(|r| r.iter().map(|x| x * x).sum())
+        .collect()
 }
 
 fn transpose(v: &[f64], n: usize, d: usize) -> Vec<f64> {
@@ -35,7 +37,15 @@ fn transpose(v: &[f64], n: usize, d: usize) -> Vec<f64> {
 }
 
 /// Squared distances of rows `a[lo..hi]` to every row of `b` (`bt` = bᵀ), row-major.
-fn sq_dists(a: &[f64], an: &[f64], lo: usize, hi: usize, bt: &[f64], bn: &[f64], d: usize) -> Result<Vec<f64>> {
+fn sq_dists(
+    a: &[f64],
+    an: &[f64],
+    lo: usize,
+    hi: usize,
+    bt: &[f64],
+    bn: &[f64],
+    d: usize,
+) -> Result<Vec<f64>> {
     let m = hi - lo;
     let n = bn.len();
     let dots = matmul(&a[lo * d..hi * d], bt, m, d, n)?;
@@ -44,7 +54,9 @@ fn sq_dists(a: &[f64], an: &[f64], lo: usize, hi: usize, bt: &[f64], bn: &[f64],
         .enumerate()
         .flat_map(|(i, row)| {
             let ai = an[lo + i];
-            row.iter().zip(bn).map(move |(dot, bj)| (ai + bj - 2.0 * dot).max(0.0))
+            row.iter()
+                .zip(bn)
+                .map(move |(dot, bj)| (ai + bj - 2.0 * dot).max(0.0))
         })
         .collect())
 }
@@ -114,7 +126,14 @@ pub fn precision_recall(real: &Tensor, fake: &Tensor, k: usize) -> Result<Precis
         });
     }
     if k == 0 || k >= nr.min(nf) {
-        return Err(invalid("k", k, format!("must be in [1, min(N, M) − 1 = {}]", nr.min(nf).saturating_sub(1))));
+        return Err(invalid(
+            "k",
+            k,
+            format!(
+                "must be in [1, min(N, M) − 1 = {}]",
+                nr.min(nf).saturating_sub(1)
+            ),
+        ));
     }
     let real_radii = knn_radii(&rv, nr, d, k)?;
     let fake_radii = knn_radii(&fv, nf, d, k)?;

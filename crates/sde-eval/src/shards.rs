@@ -92,7 +92,12 @@ fn shard_path(dir: &Path, k: u64) -> PathBuf {
 
 /// Reads shard `k` if it exists and holds `rows` rows of `dim` features (and `classes`
 /// logits); `None` if it is absent or damaged (it is then regenerated).
-fn read_shard(path: &Path, rows: usize, dim: usize, classes: Option<usize>) -> Option<(Tensor, Option<Tensor>)> {
+fn read_shard(
+    path: &Path,
+    rows: usize,
+    dim: usize,
+    classes: Option<usize>,
+) -> Option<(Tensor, Option<Tensor>)> {
     let t = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
     let f = t.get("features")?;
     if f.dims() != [rows, dim] {
@@ -240,7 +245,11 @@ where
         }
         let f = Tensor::cat(&feats, 0)?;
         let mut entries: Vec<(&str, &Tensor)> = vec![("features", &f)];
-        let l = if classes.is_some() { Some(Tensor::cat(&logits, 0)?) } else { None };
+        let l = if classes.is_some() {
+            Some(Tensor::cat(&logits, 0)?)
+        } else {
+            None
+        };
         if let Some(l) = &l {
             entries.push(("logits", l));
         }
@@ -286,11 +295,20 @@ impl ShardedFeatures {
 
     /// Inception Score over all samples in `splits` splits of consecutive samples, streamed.
     pub fn inception_score(&self, splits: usize) -> Result<MeanStd> {
-        let c = self.classes.ok_or_else(|| invalid("splits", splits, "the feature network has no classifier logits"))?;
+        let c = self.classes.ok_or_else(|| {
+            invalid(
+                "splits",
+                splits,
+                "the feature network has no classifier logits",
+            )
+        })?;
         let mut acc = InceptionScoreAccumulator::new(self.plan.n_samples, splits, c)?;
         for k in 0..self.plan.n_shards() {
             let (lo, _) = self.plan.shard_range(k);
-            let l = self.shard(k)?.1.ok_or_else(|| file_err(&shard_path(&self.dir, k), "no logits"))?;
+            let l = self
+                .shard(k)?
+                .1
+                .ok_or_else(|| file_err(&shard_path(&self.dir, k), "no logits"))?;
             acc.update(lo, &l)?;
         }
         acc.finish()

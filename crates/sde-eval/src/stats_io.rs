@@ -22,7 +22,10 @@ pub enum StatsFormat {
 impl StatsFormat {
     /// `Npz` for a `.npz` path, `Safetensors` otherwise.
     pub fn from_path(path: &Path) -> Self {
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz")) {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+        {
             Self::Npz
         } else {
             Self::Safetensors
@@ -32,7 +35,10 @@ impl StatsFormat {
 
 fn to_f64(path: &Path, name: &str, t: &Tensor) -> Result<Vec<f64>> {
     if !t.dtype().is_float() {
-        return Err(file_err(path, format!("`{name}` has dtype {:?}, expected a float", t.dtype())));
+        return Err(file_err(
+            path,
+            format!("`{name}` has dtype {:?}, expected a float", t.dtype()),
+        ));
     }
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
@@ -87,7 +93,10 @@ impl GaussianStats {
             };
             let d = mu.elem_count();
             if sigma.dims() != [d, d] {
-                return Err(file_err(path, format!("`sigma` has shape {:?}, `mu` has {d} entries", sigma.dims())));
+                return Err(file_err(
+                    path,
+                    format!("`sigma` has shape {:?}, `mu` has {d} entries", sigma.dims()),
+                ));
             }
             return Self::new(to_f64(path, "mu", mu)?, to_f64(path, "sigma", sigma)?, n)
                 .map_err(|e| file_err(path, e.to_string()));
@@ -95,13 +104,16 @@ impl GaussianStats {
         if let Some(pool) = get("pool_3") {
             let pool = pool.to_dtype(DType::F64)?;
             return Self::from_features(&pool).map_err(|e| match e {
-                Error::NonFinite { .. } | Error::ShapeMismatch { .. } | Error::NotEnoughSamples { .. } => {
-                    file_err(path, format!("`pool_3`: {e}"))
-                }
+                Error::NonFinite { .. }
+                | Error::ShapeMismatch { .. }
+                | Error::NotEnoughSamples { .. } => file_err(path, format!("`pool_3`: {e}")),
                 e => e,
             });
         }
         let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
-        Err(file_err(path, format!("no `mu` and `sigma` (nor `pool_3`) entries; found {names:?}")))
+        Err(file_err(
+            path,
+            format!("no `mu` and `sigma` (nor `pool_3`) entries; found {names:?}"),
+        ))
     }
 }

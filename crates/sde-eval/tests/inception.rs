@@ -22,7 +22,12 @@ fn compact() -> StateDict {
 }
 
 fn host(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
 }
 
 /// Every element within `rel` of the reference's largest magnitude (‖got − want‖∞ ≤
@@ -32,10 +37,18 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, rel: f64) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let (g, w) = (host(got), host(want));
     let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs() / scale).fold(0.0f64, f64::max);
-    let rms = (g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / g.len() as f64).sqrt() / scale;
+    let worst = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs() / scale)
+        .fold(0.0f64, f64::max);
+    let rms = (g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / g.len() as f64).sqrt()
+        / scale;
     eprintln!("{what}: max error {worst:.2e}, rms error {rms:.2e} of scale {scale:.3}");
-    assert!(worst <= rel, "{what}: worst relative error {worst:e} > {rel:e} (scale {scale})");
+    assert!(
+        worst <= rel,
+        "{what}: worst relative error {worst:e} > {rel:e} (scale {scale})"
+    );
 }
 
 #[test]
@@ -46,7 +59,10 @@ fn pth_subsets_equal_the_compact_weights() {
     let legacy = load_pth(path("pt_inception_subset.legacy.pth")).unwrap();
     assert_eq!(zip.len(), legacy.len());
     let prefixes = ["Conv2d_1a", "Conv2d_2a", "Conv2d_2b", "Mixed_5b."];
-    let want = full.keys().filter(|k| prefixes.iter().any(|p| k.starts_with(p))).count();
+    let want = full
+        .keys()
+        .filter(|k| prefixes.iter().any(|p| k.starts_with(p)))
+        .count();
     assert_eq!(zip.len(), want);
     for (name, z) in &zip {
         let l = &legacy[name];
@@ -57,20 +73,56 @@ fn pth_subsets_equal_the_compact_weights() {
             // Bit-identical.
             let (a, b): (Vec<u64>, Vec<u64>) = match z.dtype() {
                 DType::I64 => (
-                    z.flatten_all().unwrap().to_vec1::<i64>().unwrap().iter().map(|v| *v as u64).collect(),
-                    other.flatten_all().unwrap().to_vec1::<i64>().unwrap().iter().map(|v| *v as u64).collect(),
+                    z.flatten_all()
+                        .unwrap()
+                        .to_vec1::<i64>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| *v as u64)
+                        .collect(),
+                    other
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<i64>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| *v as u64)
+                        .collect(),
                 ),
                 _ => (
-                    z.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits() as u64).collect(),
-                    other.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits() as u64).collect(),
+                    z.flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits() as u64)
+                        .collect(),
+                    other
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits() as u64)
+                        .collect(),
                 ),
             };
             // Bit-identical between the two .pth formats; against the compact file equal as
             // values (its zero codes decode to +0.0 where the .pth files hold −0.0).
-            let same = |x: &u64, y: &u64| if label == "legacy" || z.dtype() == DType::I64 { x == y } else { f32::from_bits(*x as u32) == f32::from_bits(*y as u32) };
+            let same = |x: &u64, y: &u64| {
+                if label == "legacy" || z.dtype() == DType::I64 {
+                    x == y
+                } else {
+                    f32::from_bits(*x as u32) == f32::from_bits(*y as u32)
+                }
+            };
             let nd = a.iter().zip(&b).filter(|(x, y)| !same(x, y)).count();
             let first = a.iter().zip(&b).position(|(x, y)| !same(x, y));
-            assert!(nd == 0, "{name}: {nd} values differ from {label}, first at {first:?}: {:?}", first.map(|i| (f32::from_bits(a[i] as u32), f32::from_bits(b[i] as u32))));
+            assert!(
+                nd == 0,
+                "{name}: {nd} values differ from {label}, first at {first:?}: {:?}",
+                first.map(|i| (f32::from_bits(a[i] as u32), f32::from_bits(b[i] as u32)))
+            );
         }
     }
     // The subset alone is not a network: every missing entry is named.
@@ -78,7 +130,10 @@ fn pth_subsets_equal_the_compact_weights() {
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     // A foreign extra entry is refused, as load_state_dict(strict=True) does.
     let mut extra = full.clone();
-    extra.insert("AuxLogits.fc.bias".into(), Tensor::zeros(1000, DType::F32, &Device::Cpu).unwrap());
+    extra.insert(
+        "AuxLogits.fc.bias".into(),
+        Tensor::zeros(1000, DType::F32, &Device::Cpu).unwrap(),
+    );
     let err = FidInceptionV3::from_state_dict(&extra, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("AuxLogits.fc.bias"), "{err}");
     // A truncated or foreign file is an error, not a panic.
@@ -103,10 +158,18 @@ fn preprocessing_matches_pytorch_fid() {
     let net = FidInceptionV3::from_state_dict(&compact(), &Device::Cpu).unwrap();
     let x = v["x32"].narrow(0, 0, 1).unwrap();
     let got = net.preprocess(&x).unwrap();
-    assert_close("x32_resized_normalized", &got, &v["x32_resized_normalized"], 1e-5);
+    assert_close(
+        "x32_resized_normalized",
+        &got,
+        &v["x32_resized_normalized"],
+        1e-5,
+    );
     // Bad input.
     let gray = Tensor::zeros((1, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(net.forward(&gray), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(
+        net.forward(&gray),
+        Err(Error::ShapeMismatch { .. })
+    ));
     let nan = Tensor::full(f32::NAN, (1, 3, 8, 8), &Device::Cpu).unwrap();
     assert!(matches!(net.forward(&nan), Err(Error::NonFinite { .. })));
 }
@@ -125,8 +188,15 @@ fn check_forward(input: &str, rows: usize) {
             .collect();
         assert_eq!(&b.dims()[1..], &shape[1..], "block {i} shape");
         let mean = b.mean(3).unwrap().mean(2).unwrap();
-        let want = v[&format!("{input}.block{i}.channel_mean")].narrow(0, 0, rows).unwrap();
-        assert_close(&format!("{input} block {i} channel means"), &mean, &want, 1e-4);
+        let want = v[&format!("{input}.block{i}.channel_mean")]
+            .narrow(0, 0, rows)
+            .unwrap();
+        assert_close(
+            &format!("{input} block {i} channel means"),
+            &mean,
+            &want,
+            1e-4,
+        );
     }
     let want = v[&format!("{input}.pool3")].narrow(0, 0, rows).unwrap();
     assert_close(&format!("{input} pool3"), &out.pool3, &want, 2e-4);

@@ -9,11 +9,14 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use sde_eval::linalg::{symmetric_eigen, trace_sqrt_product};
 use sde_eval::{
-    frechet_distance, inception_score, kid, polynomial_mmd2, precision_recall, Error,
-    FeatureStats, GaussianStats, InceptionScoreAccumulator, KidOptions,
+    frechet_distance, inception_score, kid, polynomial_mmd2, precision_recall, Error, FeatureStats,
+    GaussianStats, InceptionScoreAccumulator, KidOptions,
 };
 
-const FID: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testvectors/fid/fid.safetensors");
+const FID: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../testvectors/fid/fid.safetensors"
+);
 
 fn vectors() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(FID, &Device::Cpu).unwrap()
@@ -63,7 +66,15 @@ fn eigen_known_spectra_and_residuals() {
     for &n in &[1usize, 2, 3, 10, 57] {
         let q = orthogonal(&mut rng, n);
         // Distinct, repeated and zero eigenvalues.
-        let lambda: Vec<f64> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { (i / 2) as f64 - 3.0 }).collect();
+        let lambda: Vec<f64> = (0..n)
+            .map(|i| {
+                if i % 4 == 0 {
+                    0.0
+                } else {
+                    (i / 2) as f64 - 3.0
+                }
+            })
+            .collect();
         let a = with_spectrum(&q, &lambda);
         let e = symmetric_eigen(&a, n).unwrap();
         let mut want = lambda.clone();
@@ -94,8 +105,14 @@ fn eigen_known_spectra_and_residuals() {
     assert_relative_eq!(e.values[0], m - r, max_relative = 1e-14);
     assert_relative_eq!(e.values[1], m + r, max_relative = 1e-14);
     // Bad input is an error.
-    assert!(matches!(symmetric_eigen(&[1.0, 2.0], 2), Err(Error::ShapeMismatch { .. })));
-    assert!(matches!(symmetric_eigen(&[f64::NAN], 1), Err(Error::NonFinite { .. })));
+    assert!(matches!(
+        symmetric_eigen(&[1.0, 2.0], 2),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        symmetric_eigen(&[f64::NAN], 1),
+        Err(Error::NonFinite { .. })
+    ));
 }
 
 #[test]
@@ -112,11 +129,21 @@ fn trace_sqrt_product_closed_forms() {
     // Σ₁ = c I with a non-commuting Σ₂ = Pᵀ diag(b) P: tr √(c Σ₂) = √c Σ √bᵢ.
     let p = orthogonal(&mut rng, n);
     let c = 2.5;
-    let eye: Vec<f64> = (0..n * n).map(|i| if i % (n + 1) == 0 { c } else { 0.0 }).collect();
+    let eye: Vec<f64> = (0..n * n)
+        .map(|i| if i % (n + 1) == 0 { c } else { 0.0 })
+        .collect();
     let want: f64 = b.iter().map(|x| (c * x).sqrt()).sum();
     let s2 = with_spectrum(&p, &b);
-    assert_relative_eq!(trace_sqrt_product(&eye, &s2, n).unwrap(), want, max_relative = 1e-12);
-    assert_relative_eq!(trace_sqrt_product(&s2, &eye, n).unwrap(), want, max_relative = 1e-12);
+    assert_relative_eq!(
+        trace_sqrt_product(&eye, &s2, n).unwrap(),
+        want,
+        max_relative = 1e-12
+    );
+    assert_relative_eq!(
+        trace_sqrt_product(&s2, &eye, n).unwrap(),
+        want,
+        max_relative = 1e-12
+    );
     // Singular Σ₁ (rank deficient) stays finite and exact: Σ₁ = diag(1, 0), Σ₂ = [[4, 1], [1, 9]]:
     // Σ₁Σ₂ = [[4, 1], [0, 0]], eigenvalues 4 and 0, so the trace is 2.
     let t = trace_sqrt_product(&[1.0, 0.0, 0.0, 0.0], &[4.0, 1.0, 1.0, 9.0], 2).unwrap();
@@ -127,25 +154,49 @@ fn trace_sqrt_product_closed_forms() {
 fn frechet_distance_between_known_gaussians() {
     // d = 3, N(μ₁, Σ₁) and N(μ₂, Σ₂) with Σ₂ = R Σ₁ Rᵀ-like non-commuting matrices; the
     // 1-D closed form per axis when both are diagonal: Σ (μ₁−μ₂)² + (σ₁ − σ₂)².
-    let a = GaussianStats::new(vec![0.0, 1.0, -2.0], vec![1.0, 0., 0., 0., 4.0, 0., 0., 0., 0.25], None).unwrap();
-    let b = GaussianStats::new(vec![1.0, 1.0, 0.0], vec![9.0, 0., 0., 0., 1.0, 0., 0., 0., 0.25], None).unwrap();
+    let a = GaussianStats::new(
+        vec![0.0, 1.0, -2.0],
+        vec![1.0, 0., 0., 0., 4.0, 0., 0., 0., 0.25],
+        None,
+    )
+    .unwrap();
+    let b = GaussianStats::new(
+        vec![1.0, 1.0, 0.0],
+        vec![9.0, 0., 0., 0., 1.0, 0., 0., 0., 0.25],
+        None,
+    )
+    .unwrap();
     let want = 1.0 + 4.0 + (1.0f64 - 3.0).powi(2) + (2.0f64 - 1.0).powi(2);
-    assert_relative_eq!(frechet_distance(&a, &b).unwrap(), want, max_relative = 1e-12);
+    assert_relative_eq!(
+        frechet_distance(&a, &b).unwrap(),
+        want,
+        max_relative = 1e-12
+    );
     // Symmetric, zero on itself, invariant under a common rotation.
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let n = 8;
     let q = orthogonal(&mut rng, n);
     let p = orthogonal(&mut rng, n);
     let s1 = with_spectrum(&q, &(0..n).map(|i| 0.5 + i as f64).collect::<Vec<_>>());
-    let s2 = with_spectrum(&p, &(0..n).map(|i| 2.0 + (i as f64).sin()).collect::<Vec<_>>());
+    let s2 = with_spectrum(
+        &p,
+        &(0..n).map(|i| 2.0 + (i as f64).sin()).collect::<Vec<_>>(),
+    );
     let g1 = GaussianStats::new(randn(&mut rng, n), s1, None).unwrap();
     let g2 = GaussianStats::new(randn(&mut rng, n), s2, None).unwrap();
     let d12 = frechet_distance(&g1, &g2).unwrap();
-    assert_relative_eq!(d12, frechet_distance(&g2, &g1).unwrap(), max_relative = 1e-12);
+    assert_relative_eq!(
+        d12,
+        frechet_distance(&g2, &g1).unwrap(),
+        max_relative = 1e-12
+    );
     assert!(frechet_distance(&g1, &g1).unwrap().abs() < 1e-10);
     assert!(d12 > 0.0);
     let other = GaussianStats::new(vec![0.0; 2], vec![1.0, 0.0, 0.0, 1.0], None).unwrap();
-    assert!(matches!(frechet_distance(&g1, &other), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(
+        frechet_distance(&g1, &other),
+        Err(Error::ShapeMismatch { .. })
+    ));
 }
 
 #[test]
@@ -169,7 +220,7 @@ fn streaming_statistics_merge_exactly() {
     let whole = GaussianStats::from_features(x).unwrap();
     // Uneven batches, and shards merged afterwards in another grouping.
     let mut s = FeatureStats::new(64);
-    let mut shards = vec![FeatureStats::new(64), FeatureStats::new(64)];
+    let mut shards = [FeatureStats::new(64), FeatureStats::new(64)];
     let mut first = 0;
     for (k, b) in [1usize, 7, 0, 128, 64, 300].into_iter().enumerate() {
         let batch = x.narrow(0, first, b).unwrap();
@@ -184,23 +235,45 @@ fn streaming_statistics_merge_exactly() {
     let merged = GaussianStats::from_feature_stats(&merged).unwrap();
     for g in [&streamed, &merged] {
         assert_eq!(g.n, Some(500));
-        assert_relative_eq!(g.mu.as_slice(), whole.mu.as_slice(), max_relative = 1e-12, epsilon = 1e-14);
-        assert_relative_eq!(g.sigma.as_slice(), whole.sigma.as_slice(), max_relative = 1e-10, epsilon = 1e-13);
+        assert_relative_eq!(
+            g.mu.as_slice(),
+            whole.mu.as_slice(),
+            max_relative = 1e-12,
+            epsilon = 1e-14
+        );
+        assert_relative_eq!(
+            g.sigma.as_slice(),
+            whole.sigma.as_slice(),
+            max_relative = 1e-10,
+            epsilon = 1e-13
+        );
     }
     // Against a plain two-pass covariance.
     let xv = x.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
-    let mu: Vec<f64> = (0..64).map(|j| xv.iter().map(|r| r[j]).sum::<f64>() / 500.0).collect();
+    let mu: Vec<f64> = (0..64)
+        .map(|j| xv.iter().map(|r| r[j]).sum::<f64>() / 500.0)
+        .collect();
     for (i, j) in [(0, 0), (3, 17), (63, 5)] {
-        let c: f64 = xv.iter().map(|r| (r[i] - mu[i]) * (r[j] - mu[j])).sum::<f64>() / 499.0;
+        let c: f64 = xv
+            .iter()
+            .map(|r| (r[i] - mu[i]) * (r[j] - mu[j]))
+            .sum::<f64>()
+            / 499.0;
         assert_relative_eq!(streamed.sigma[i * 64 + j], c, max_relative = 1e-10);
     }
     // Errors, and `self` unchanged after one.
     let before = s.clone();
     let bad = Tensor::new(&[[f32::NAN; 64]], &Device::Cpu).unwrap();
     assert!(matches!(s.update(&bad), Err(Error::NonFinite { .. })));
-    assert!(matches!(s.update(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap()), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(
+        s.update(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap()),
+        Err(Error::ShapeMismatch { .. })
+    ));
     assert_eq!(s, before);
-    assert!(matches!(FeatureStats::new(3).covariance(), Err(Error::NotEnoughSamples { .. })));
+    assert!(matches!(
+        FeatureStats::new(3).covariance(),
+        Err(Error::NotEnoughSamples { .. })
+    ));
 }
 
 #[test]
@@ -215,16 +288,39 @@ fn kid_matches_torch_fidelity() {
     let got16 = polynomial_mmd2(a16, b16, 3, None, 1.0).unwrap();
     assert_relative_eq!(got16, scalar(&v, "kid.d16"), max_relative = 1e-6);
     // One subset of the whole set is a permutation of it: the same value, std 0.
-    let opts = KidOptions { subsets: 3, subset_size: 64, ..Default::default() };
+    let opts = KidOptions {
+        subsets: 3,
+        subset_size: 64,
+        ..Default::default()
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let k = kid(a, b, &opts, &mut rng).unwrap();
     assert_relative_eq!(k.mean, got, max_relative = 1e-9);
     assert!(k.std < 1e-9 * got.abs());
     // Bad options.
-    let too_big = KidOptions { subset_size: 65, ..Default::default() };
-    assert!(matches!(kid(a, b, &too_big, &mut rng), Err(Error::InvalidParameter { name: "subset_size", .. })));
-    let none = KidOptions { subsets: 0, subset_size: 10, ..Default::default() };
-    assert!(matches!(kid(a, b, &none, &mut rng), Err(Error::InvalidParameter { name: "subsets", .. })));
+    let too_big = KidOptions {
+        subset_size: 65,
+        ..Default::default()
+    };
+    assert!(matches!(
+        kid(a, b, &too_big, &mut rng),
+        Err(Error::InvalidParameter {
+            name: "subset_size",
+            ..
+        })
+    ));
+    let none = KidOptions {
+        subsets: 0,
+        subset_size: 10,
+        ..Default::default()
+    };
+    assert!(matches!(
+        kid(a, b, &none, &mut rng),
+        Err(Error::InvalidParameter {
+            name: "subsets",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -234,16 +330,30 @@ fn kid_of_one_distribution_is_zero_in_expectation() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let (n, d) = (400, 8);
     let draw = |rng: &mut rand::rngs::StdRng, shift: f32| {
-        let v: Vec<f32> = (0..n * d).map(|_| StandardNormal.sample(rng)).map(|x: f32| x + shift).collect();
+        let v: Vec<f32> = (0..n * d)
+            .map(|_| StandardNormal.sample(rng))
+            .map(|x: f32| x + shift)
+            .collect();
         Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap()
     };
-    let (x, y, z) = (draw(&mut rng, 0.0), draw(&mut rng, 0.0), draw(&mut rng, 0.5));
-    let opts = KidOptions { subsets: 50, subset_size: 100, ..Default::default() };
+    let (x, y, z) = (
+        draw(&mut rng, 0.0),
+        draw(&mut rng, 0.0),
+        draw(&mut rng, 0.5),
+    );
+    let opts = KidOptions {
+        subsets: 50,
+        subset_size: 100,
+        ..Default::default()
+    };
     let same = kid(&x, &y, &opts, &mut rng).unwrap();
     let shifted = kid(&x, &z, &opts, &mut rng).unwrap();
     // Subsets overlap, so the subset mean's standard error is at most std / √... ≤ std.
     assert!(same.mean.abs() < same.std, "{same:?}");
-    assert!(shifted.mean > 3.0 * shifted.std && shifted.mean > 10.0 * same.std, "{shifted:?} vs {same:?}");
+    assert!(
+        shifted.mean > 3.0 * shifted.std && shifted.mean > 10.0 * same.std,
+        "{shifted:?} vs {same:?}"
+    );
 }
 
 #[test]
@@ -258,7 +368,8 @@ fn inception_score_matches_reference() {
     let whole = inception_score(l, 4).unwrap();
     let mut acc = InceptionScoreAccumulator::new(100, 4, 1008).unwrap();
     for (first, len) in [(60u64, 40usize), (0, 13), (13, 47)] {
-        acc.update(first, &l.narrow(0, first as usize, len).unwrap()).unwrap();
+        acc.update(first, &l.narrow(0, first as usize, len).unwrap())
+            .unwrap();
     }
     let s = acc.finish().unwrap();
     assert_relative_eq!(s.mean, whole.mean, max_relative = 1e-12);
@@ -267,11 +378,21 @@ fn inception_score_matches_reference() {
     let mut part = InceptionScoreAccumulator::new(100, 4, 1008).unwrap();
     part.update(0, &l.narrow(0, 0, 50).unwrap()).unwrap();
     assert!(matches!(part.finish(), Err(Error::NotEnoughSamples { .. })));
-    assert!(matches!(inception_score(l, 0), Err(Error::InvalidParameter { name: "splits", .. })));
-    assert!(matches!(inception_score(l, 101), Err(Error::InvalidParameter { name: "splits", .. })));
+    assert!(matches!(
+        inception_score(l, 0),
+        Err(Error::InvalidParameter { name: "splits", .. })
+    ));
+    assert!(matches!(
+        inception_score(l, 101),
+        Err(Error::InvalidParameter { name: "splits", .. })
+    ));
     // Uniform predictions score 1.
     let u = Tensor::zeros((10, 5), DType::F32, &Device::Cpu).unwrap();
-    assert_relative_eq!(inception_score(&u, 2).unwrap().mean, 1.0, max_relative = 1e-12);
+    assert_relative_eq!(
+        inception_score(&u, 2).unwrap().mean,
+        1.0,
+        max_relative = 1e-12
+    );
 }
 
 #[test]
@@ -288,6 +409,12 @@ fn precision_recall_limits() {
     let pr = precision_recall(a, &half, 3).unwrap();
     assert_eq!(pr.precision, 1.0);
     assert!(pr.recall >= 0.5, "{pr:?}");
-    assert!(matches!(precision_recall(a, a, 0), Err(Error::InvalidParameter { name: "k", .. })));
-    assert!(matches!(precision_recall(a, &half, 100), Err(Error::InvalidParameter { name: "k", .. })));
+    assert!(matches!(
+        precision_recall(a, a, 0),
+        Err(Error::InvalidParameter { name: "k", .. })
+    ));
+    assert!(matches!(
+        precision_recall(a, &half, 100),
+        Err(Error::InvalidParameter { name: "k", .. })
+    ));
 }

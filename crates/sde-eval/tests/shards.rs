@@ -38,14 +38,23 @@ fn extractor() -> impl FeatureExtractor {
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
 }
 
 #[test]
 fn results_do_not_depend_on_batch_or_shard_size() {
     let ex = extractor();
     let mut runs = Vec::new();
-    for (i, (shard, batch)) in [(10u64, 4usize), (25, 7), (57, 57), (1, 1)].into_iter().enumerate() {
+    for (i, (shard, batch)) in [(10u64, 4usize), (25, 7), (57, 57), (1, 1)]
+        .into_iter()
+        .enumerate()
+    {
         let dir = tmp(&format!("inv{i}"));
         let plan = ShardPlan::new(57, shard, batch, 11).unwrap();
         let out = sample_sharded(&dir, &plan, &ex, sampler, Progress::Hidden).unwrap();
@@ -65,7 +74,14 @@ fn results_do_not_depend_on_batch_or_shard_size() {
     }
     // A different seed gives different samples.
     let dir = tmp("inv_seed");
-    let other = sample_sharded(&dir, &ShardPlan::new(57, 10, 4, 12).unwrap(), &ex, sampler, Progress::Hidden).unwrap();
+    let other = sample_sharded(
+        &dir,
+        &ShardPlan::new(57, 10, 4, 12).unwrap(),
+        &ex,
+        sampler,
+        Progress::Hidden,
+    )
+    .unwrap();
     assert!(bits(&other.features().unwrap()) != *f0);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -84,18 +100,31 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
     let dying = |n: &mut PerSampleNoise, b: usize| {
         calls.set(calls.get() + 1);
         if calls.get() == 8 {
-            return Err(Error::User { what: "sampler", source: "killed".into() });
+            return Err(Error::User {
+                what: "sampler",
+                source: "killed".into(),
+            });
         }
         sampler(n, b)
     };
     assert!(sample_sharded(&dir, &plan, &ex, dying, Progress::Hidden).is_err());
     // Two whole shards were written (3 calls each), and no partial third one.
     let names = |d: &PathBuf| {
-        let mut v: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         v.sort();
         v
     };
-    assert_eq!(names(&dir), ["plan.json", "shard_000000.safetensors", "shard_000001.safetensors"]);
+    assert_eq!(
+        names(&dir),
+        [
+            "plan.json",
+            "shard_000000.safetensors",
+            "shard_000001.safetensors"
+        ]
+    );
     // A leftover temporary file of a writer killed mid-write, and a damaged shard.
     std::fs::write(dir.join(".shard_000002.safetensors.tmp.999"), b"partial").unwrap();
     std::fs::write(dir.join("shard_000001.safetensors"), b"damaged").unwrap();
@@ -105,21 +134,69 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
         calls.set(calls.get() + b);
         sampler(n, b)
     };
-    let resumed = sample_sharded(&dir, &ShardPlan { batch_size: 8, ..plan.clone() }, &ex, counting, Progress::Hidden).unwrap();
-    assert_eq!(calls.get(), 40 - 8, "shard 0 is reused, the other four sampled");
+    let resumed = sample_sharded(
+        &dir,
+        &ShardPlan {
+            batch_size: 8,
+            ..plan.clone()
+        },
+        &ex,
+        counting,
+        Progress::Hidden,
+    )
+    .unwrap();
+    assert_eq!(
+        calls.get(),
+        40 - 8,
+        "shard 0 is reused, the other four sampled"
+    );
     assert!(bits(&resumed.features().unwrap()) == want);
-    assert_eq!(resumed.feature_stats().unwrap(), whole.feature_stats().unwrap());
+    assert_eq!(
+        resumed.feature_stats().unwrap(),
+        whole.feature_stats().unwrap()
+    );
     // A folder of another plan is refused.
     let other = ShardPlan::new(40, 10, 3, 5).unwrap();
-    assert!(matches!(sample_sharded(&dir, &other, &ex, sampler, Progress::Hidden), Err(Error::File { .. })));
+    assert!(matches!(
+        sample_sharded(&dir, &other, &ex, sampler, Progress::Hidden),
+        Err(Error::File { .. })
+    ));
     // Bad plans.
-    assert!(matches!(ShardPlan::new(0, 1, 1, 0), Err(Error::InvalidParameter { name: "n_samples", .. })));
-    assert!(matches!(ShardPlan::new(1, 0, 1, 0), Err(Error::InvalidParameter { name: "shard_size", .. })));
+    assert!(matches!(
+        ShardPlan::new(0, 1, 1, 0),
+        Err(Error::InvalidParameter {
+            name: "n_samples",
+            ..
+        })
+    ));
+    assert!(matches!(
+        ShardPlan::new(1, 0, 1, 0),
+        Err(Error::InvalidParameter {
+            name: "shard_size",
+            ..
+        })
+    ));
     // A sampler returning the wrong batch is an error naming the samples.
     let dir2 = tmp("wrong");
     let short = |n: &mut PerSampleNoise, b: usize| sampler(n, b.saturating_sub(1).max(1));
-    let err = sample_sharded(&dir2, &ShardPlan::new(4, 4, 4, 0).unwrap(), &ex, short, Progress::Hidden).unwrap_err();
-    assert!(matches!(err, Error::ShapeMismatch { what: "sampler output", .. }), "{err}");
+    let err = sample_sharded(
+        &dir2,
+        &ShardPlan::new(4, 4, 4, 0).unwrap(),
+        &ex,
+        short,
+        Progress::Hidden,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ShapeMismatch {
+                what: "sampler output",
+                ..
+            }
+        ),
+        "{err}"
+    );
     for d in [whole_dir, dir, dir2] {
         std::fs::remove_dir_all(&d).ok();
     }
@@ -129,7 +206,11 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
 fn statistics_files_round_trip() {
     let dir = tmp("stats");
     std::fs::create_dir_all(&dir).unwrap();
-    let x = Tensor::new(&[[1f32, 2., 0.5], [3., 6., -1.], [5., 4., 2.], [0., 1., 1.]], &Device::Cpu).unwrap();
+    let x = Tensor::new(
+        &[[1f32, 2., 0.5], [3., 6., -1.], [5., 4., 2.], [0., 1., 1.]],
+        &Device::Cpu,
+    )
+    .unwrap();
     let s = GaussianStats::from_features(&x).unwrap();
     let st = dir.join("ref.safetensors");
     s.save(&st, StatsFormat::Safetensors).unwrap();
@@ -137,12 +218,22 @@ fn statistics_files_round_trip() {
     let npz = dir.join("ref.npz");
     s.save(&npz, StatsFormat::Npz).unwrap();
     let back = GaussianStats::load(&npz).unwrap();
-    assert_eq!((back.mu.clone(), back.sigma.clone(), back.n), (s.mu.clone(), s.sigma.clone(), None));
+    assert_eq!(
+        (back.mu.clone(), back.sigma.clone(), back.n),
+        (s.mu.clone(), s.sigma.clone(), None)
+    );
     // np.savez_compressed layout (deflated entries), as pytorch-fid's --save-stats writes:
     // zipfile.ZIP_DEFLATED of mu.npy = [0.5, -1.25, 2.0] and a 3x3 sigma (<f8).
-    let c = GaussianStats::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../testvectors/fid/stats_small.compressed.npz")).unwrap();
+    let c = GaussianStats::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testvectors/fid/stats_small.compressed.npz"
+    ))
+    .unwrap();
     assert_eq!(c.mu, vec![0.5, -1.25, 2.0]);
-    assert_eq!(c.sigma, vec![2.0, 0.5, 0.0, 0.5, 1.0, -0.25, 0.0, -0.25, 3.0]);
+    assert_eq!(
+        c.sigma,
+        vec![2.0, 0.5, 0.0, 0.5, 1.0, -0.25, 0.0, -0.25, 3.0]
+    );
     // Raw features under `pool_3` (the reference implementation's stats files).
     let pool = dir.join("pool.npz");
     Tensor::write_npz(&[("pool_3", &x)], &pool).unwrap();
@@ -156,7 +247,10 @@ fn statistics_files_round_trip() {
     Tensor::write_npz(&[("m", &x)], &bad).unwrap();
     assert!(matches!(GaussianStats::load(&bad), Err(Error::File { .. })));
     std::fs::write(dir.join("junk.safetensors"), b"junk").unwrap();
-    assert!(matches!(GaussianStats::load(dir.join("junk.safetensors")), Err(Error::File { .. })));
+    assert!(matches!(
+        GaussianStats::load(dir.join("junk.safetensors")),
+        Err(Error::File { .. })
+    ));
     // summary.json round trip.
     let sum = Summary {
         n: 4,
@@ -167,7 +261,10 @@ fn statistics_files_round_trip() {
         extractor_weights_sha256: None,
         reference: Some("ref.npz".into()),
         reference_n: None,
-        metrics: sde_eval::Metrics { fid: Some(1.5), ..Default::default() },
+        metrics: sde_eval::Metrics {
+            fid: Some(1.5),
+            ..Default::default()
+        },
         notes: vec![],
     };
     sum.save(dir.join("summary.json")).unwrap();

@@ -70,7 +70,12 @@ impl<'a> Params<'a> {
         u
     }
 
-    pub(crate) fn linear(&mut self, name: &str, out: usize, inp: usize) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn linear(
+        &mut self,
+        name: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let (w, _) = self.get(&format!("{name}.weight"), &[out, inp])?;
         let (b, _) = self.get(&format!("{name}.bias"), &[out])?;
         let w = Tensor::from_vec(w, (out, inp), &Device::Cpu)?
@@ -107,7 +112,10 @@ impl BasicConv2d {
         stride: usize,
         padding: (usize, usize),
     ) -> Result<Self> {
-        let (w, _) = p.get(&format!("{name}.conv.weight"), &[cout, cin, kernel.0, kernel.1])?;
+        let (w, _) = p.get(
+            &format!("{name}.conv.weight"),
+            &[cout, cin, kernel.0, kernel.1],
+        )?;
         let (gamma, _) = p.get(&format!("{name}.bn.weight"), &[cout])?;
         let (beta, _) = p.get(&format!("{name}.bn.bias"), &[cout])?;
         let (mean, _) = p.get(&format!("{name}.bn.running_mean"), &[cout])?;
@@ -156,7 +164,9 @@ impl BasicConv2d {
                 .pad_with_zeros(3, pw, pw)?
                 .conv2d(&self.weight, 0, self.stride, 1, 1)?
         };
-        Ok(y.broadcast_mul(&self.scale)?.broadcast_add(&self.bias)?.relu()?)
+        Ok(y.broadcast_mul(&self.scale)?
+            .broadcast_add(&self.bias)?
+            .relu()?)
     }
 }
 
@@ -186,7 +196,10 @@ pub(crate) fn max_pool_3x3_same(x: &Tensor) -> Result<Tensor> {
         Ok(Tensor::full(f32::NEG_INFINITY, shape, x.device())?.to_dtype(x.dtype())?)
     };
     let rows = Tensor::cat(&[&ninf((b, c, 1, w))?, x, &ninf((b, c, 1, w))?], 2)?;
-    let padded = Tensor::cat(&[&ninf((b, c, h + 2, 1))?, &rows, &ninf((b, c, h + 2, 1))?], 3)?;
+    let padded = Tensor::cat(
+        &[&ninf((b, c, h + 2, 1))?, &rows, &ninf((b, c, h + 2, 1))?],
+        3,
+    )?;
     Ok(padded.max_pool2d_with_stride(3, 1)?)
 }
 
@@ -195,7 +208,17 @@ pub(crate) fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
     Ok(x.max_pool2d_with_stride(3, 2)?)
 }
 
-fn conv(p: &mut Params<'_>, block: &str, name: &str, cin: usize, cout: usize, k: (usize, usize), stride: usize, pad: (usize, usize)) -> Result<BasicConv2d> {
+#[allow(clippy::too_many_arguments)] // mirrors BasicConv2d(in, out, kernel_size, stride, padding)
+fn conv(
+    p: &mut Params<'_>,
+    block: &str,
+    name: &str,
+    cin: usize,
+    cout: usize,
+    k: (usize, usize),
+    stride: usize,
+    pad: (usize, usize),
+) -> Result<BasicConv2d> {
     BasicConv2d::load(p, &format!("{block}.{name}"), cin, cout, k, stride, pad)
 }
 
@@ -217,7 +240,12 @@ pub(crate) struct InceptionA {
 }
 
 impl InceptionA {
-    pub(crate) fn load(p: &mut Params<'_>, n: &str, cin: usize, pool_features: usize) -> Result<Self> {
+    pub(crate) fn load(
+        p: &mut Params<'_>,
+        n: &str,
+        cin: usize,
+        pool_features: usize,
+    ) -> Result<Self> {
         Ok(Self {
             b1x1: conv(p, n, "branch1x1", cin, 64, (1, 1), 1, (0, 0))?,
             b5x5_1: conv(p, n, "branch5x5_1", cin, 48, (1, 1), 1, (0, 0))?,
@@ -232,7 +260,9 @@ impl InceptionA {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = self.b1x1.forward(x)?;
         let b = self.b5x5_2.forward(&self.b5x5_1.forward(x)?)?;
-        let c = self.b3dbl_3.forward(&self.b3dbl_2.forward(&self.b3dbl_1.forward(x)?)?)?;
+        let c = self
+            .b3dbl_3
+            .forward(&self.b3dbl_2.forward(&self.b3dbl_1.forward(x)?)?)?;
         let d = self.pool.forward(&avg_pool_3x3_same(x)?)?;
         cat(&[a, b, c, d])
     }
@@ -259,7 +289,9 @@ impl InceptionB {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = self.b3x3.forward(x)?;
-        let b = self.b3dbl_3.forward(&self.b3dbl_2.forward(&self.b3dbl_1.forward(x)?)?)?;
+        let b = self
+            .b3dbl_3
+            .forward(&self.b3dbl_2.forward(&self.b3dbl_1.forward(x)?)?)?;
         cat(&[a, b, max_pool_3x3_s2(x)?])
     }
 }

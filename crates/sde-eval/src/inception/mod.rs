@@ -11,8 +11,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use blocks::{max_pool_3x3_s2, spatial_mean, BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, Params, PoolKind};
 pub use blocks::BN_EPS;
+use blocks::{
+    max_pool_3x3_s2, spatial_mean, BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD,
+    InceptionE, Params, PoolKind,
+};
 pub use weights::{load_compact, load_pth, sha256_file, StateDict};
 
 /// Side of the network's input (`F.interpolate(size=(299, 299))`).
@@ -62,7 +65,8 @@ impl FidInceptionV3 {
     pub fn from_state_dict(sd: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         let mut p = Params::new(sd, device);
         let p = &mut p;
-        let c = |p: &mut Params<'_>, n: &str, i, o, k, s, pad| BasicConv2d::load(p, n, i, o, k, s, pad);
+        let c =
+            |p: &mut Params<'_>, n: &str, i, o, k, s, pad| BasicConv2d::load(p, n, i, o, k, s, pad);
         let net = Self {
             block0: [
                 c(p, "Conv2d_1a_3x3", 3, 32, (3, 3), 2, (0, 0))?,
@@ -152,7 +156,10 @@ impl FidInceptionV3 {
                 got: format!("{:?}", x.dtype()),
             });
         }
-        let x = x.to_dtype(DType::F32)?.to_device(&self.device)?.contiguous()?;
+        let x = x
+            .to_dtype(DType::F32)?
+            .to_device(&self.device)?
+            .contiguous()?;
         let r = x.upsample_bilinear2d(INPUT_SIZE, INPUT_SIZE, false)?;
         Ok(r.affine(2.0, -1.0)?)
     }
@@ -195,7 +202,9 @@ impl FidInceptionV3 {
         h = self.mixed_7b.forward(&h)?;
         h = self.mixed_7c.forward(&h)?;
         let pool3 = spatial_mean(&h)?;
-        let logits = pool3.matmul(&self.fc_weight_t)?.broadcast_add(&self.fc_bias)?;
+        let logits = pool3
+            .matmul(&self.fc_weight_t)?
+            .broadcast_add(&self.fc_bias)?;
         Ok(InceptionOutput {
             blocks: [b0, b1, b2],
             pool3,

@@ -49,7 +49,10 @@ pub fn load_compact(path: impl AsRef<Path>) -> Result<StateDict> {
                 .to_dtype(DType::I64)?
                 .to_vec1::<i64>()?
                 .into_iter()
-                .map(|s| usize::try_from(s).map_err(|_| file_err(path, format!("`{name}`: negative dimension"))))
+                .map(|s| {
+                    usize::try_from(s)
+                        .map_err(|_| file_err(path, format!("`{name}`: negative dimension")))
+                })
                 .collect::<Result<_>>()?;
             let step = raw
                 .get(&format!("{base}.step"))
@@ -66,14 +69,21 @@ pub fn load_compact(path: impl AsRef<Path>) -> Result<StateDict> {
                 if bytes.len() != numel.div_ceil(4) {
                     return Err(file_err(
                         path,
-                        format!("`{base}.codes_2bit` has {} bytes, {numel} codes need {}", bytes.len(), numel.div_ceil(4)),
+                        format!(
+                            "`{base}.codes_2bit` has {} bytes, {numel} codes need {}",
+                            bytes.len(),
+                            numel.div_ceil(4)
+                        ),
                     ));
                 }
                 let mut v = Vec::with_capacity(numel);
                 for i in 0..numel {
                     let field = (bytes[i / 4] >> (2 * (i % 4))) & 0b11;
                     if field > 2 {
-                        return Err(file_err(path, format!("`{base}.codes_2bit`: field 3 at code {i}")));
+                        return Err(file_err(
+                            path,
+                            format!("`{base}.codes_2bit`: field 3 at code {i}"),
+                        ));
                     }
                     v.push(field as f32 - 1.0);
                 }
@@ -81,7 +91,13 @@ pub fn load_compact(path: impl AsRef<Path>) -> Result<StateDict> {
             } else if let Some(c) = raw_i8.get(&format!("{base}.codes_i8")) {
                 let v: Vec<f32> = c.iter().map(|&b| b as f32).collect();
                 if v.len() != numel {
-                    return Err(file_err(path, format!("`{base}.codes_i8` has {} codes, shape needs {numel}", v.len())));
+                    return Err(file_err(
+                        path,
+                        format!(
+                            "`{base}.codes_i8` has {} codes, shape needs {numel}",
+                            v.len()
+                        ),
+                    ));
                 }
                 v
             } else {
@@ -106,7 +122,9 @@ pub fn load_compact(path: impl AsRef<Path>) -> Result<StateDict> {
 /// The tensors of a safetensors file: candle tensors for the dtypes candle reads, and the
 /// int8 entries as raw codes (candle has no int8 dtype).
 #[allow(clippy::type_complexity)]
-fn read_raw_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, Vec<i8>>)> {
+fn read_raw_safetensors(
+    path: &Path,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, Vec<i8>>)> {
     use safetensors::Dtype as St;
     let bytes = std::fs::read(path).map_err(|e| file_err(path, e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -126,7 +144,12 @@ fn read_raw_safetensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap
             St::U32 => DType::U32,
             St::F16 => DType::F16,
             St::BF16 => DType::BF16,
-            other => return Err(file_err(path, format!("`{name}`: unsupported dtype {other:?}"))),
+            other => {
+                return Err(file_err(
+                    path,
+                    format!("`{name}`: unsupported dtype {other:?}"),
+                ))
+            }
         };
         let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?;
         tensors.insert(name, t);
@@ -143,7 +166,9 @@ pub fn sha256_file(path: impl AsRef<Path>) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| file_err(path, e.to_string()))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| file_err(path, e.to_string()))?;
         if n == 0 {
             break;
         }
