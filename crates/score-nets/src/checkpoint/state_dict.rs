@@ -198,7 +198,10 @@ fn load_legacy(path: &Path) -> Result<HashMap<String, Tensor>> {
         let Some(storage) = storages.get(&r.storage_key) else {
             return Err(ckpt_err(
                 path,
-                format!("entry `{name}`: storage `{}` is not in the file", r.storage_key),
+                format!(
+                    "entry `{name}`: storage `{}` is not in the file",
+                    r.storage_key
+                ),
             ));
         };
         let t = r
