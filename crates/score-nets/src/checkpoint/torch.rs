@@ -42,7 +42,7 @@ pub struct ReferenceCheckpoint {
     pub ema_decay: Option<f64>,
 }
 
-fn ckpt_err(path: &Path, reason: impl Into<String>) -> Error {
+pub(super) fn ckpt_err(path: &Path, reason: impl Into<String>) -> Error {
     Error::Checkpoint {
         path: path.display().to_string(),
         reason: reason.into(),
@@ -217,7 +217,7 @@ fn majority_float_dtype<'a>(ts: impl Iterator<Item = &'a Tensor>) -> Option<DTyp
 }
 
 /// A `torch.save` zip archive held in memory.
-struct TorchZip {
+pub(super) struct TorchZip {
     path: std::path::PathBuf,
     archive: zip::ZipArchive<std::io::BufReader<std::fs::File>>,
     /// `<archive name>/` (torch names every entry under one top-level folder).
@@ -226,7 +226,7 @@ struct TorchZip {
 }
 
 impl TorchZip {
-    fn open(path: &Path) -> Result<Self> {
+    pub(super) fn open(path: &Path) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| ckpt_err(path, e.to_string()))?;
         let mut magic = [0u8; 2];
         let n = file
@@ -270,7 +270,7 @@ impl TorchZip {
         Ok(buf)
     }
 
-    fn root_object(&mut self) -> Result<Object> {
+    pub(super) fn root_object(&mut self) -> Result<Object> {
         let name = format!("{}data.pkl", self.prefix);
         let pkl = self
             .read_entry(&name)
@@ -308,7 +308,7 @@ impl TorchZip {
 
     /// The tensor a pickled `torch._utils._rebuild_tensor_v2(...)` (possibly wrapped in
     /// `_rebuild_parameter`) call describes.
-    fn tensor(&mut self, obj: &Object) -> std::result::Result<Tensor, String> {
+    pub(super) fn tensor(&mut self, obj: &Object) -> std::result::Result<Tensor, String> {
         let info = TensorRef::parse(obj)?;
         let storage = self.storage(&info.storage_key)?;
         info.read(&storage)
@@ -316,9 +316,9 @@ impl TorchZip {
 }
 
 /// What `_rebuild_tensor_v2(storage, storage_offset, size, stride, ...)` says.
-struct TensorRef {
-    storage_key: String,
-    dtype: DType,
+pub(super) struct TensorRef {
+    pub(super) storage_key: String,
+    pub(super) dtype: DType,
     offset: usize,
     size: Vec<usize>,
     stride: Vec<usize>,
@@ -345,7 +345,7 @@ fn is_class(o: &Object, module: &str, class: &str) -> bool {
 }
 
 impl TensorRef {
-    fn parse(obj: &Object) -> std::result::Result<Self, String> {
+    pub(super) fn parse(obj: &Object) -> std::result::Result<Self, String> {
         let not_tensor = || "not a tensor".to_string();
         let Object::Reduce { callable, args } = obj else {
             return Err(not_tensor());
@@ -409,7 +409,7 @@ impl TensorRef {
     }
 
     /// Gathers the (possibly strided) elements from the storage bytes, bounds-checked.
-    fn read(&self, storage: &[u8]) -> std::result::Result<Tensor, String> {
+    pub(super) fn read(&self, storage: &[u8]) -> std::result::Result<Tensor, String> {
         let es = self.dtype.size_in_bytes();
         let n_storage = storage.len() / es;
         let numel = self
