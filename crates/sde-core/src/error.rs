@@ -60,6 +60,20 @@ pub enum Error {
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A Brownian-tree query time is NaN or outside the tree's interval.
+    #[error("Brownian query {which} = {t} (sample {index}) is outside the tree's interval [{t_min}, {t_max}]")]
+    BrownianTime {
+        /// Which argument (`t0`, `t1`, `t`, `t_next`).
+        which: &'static str,
+        /// Position of the sample in the query.
+        index: usize,
+        /// The offending time.
+        t: f64,
+        /// Start of the tree's interval.
+        t_min: f64,
+        /// End of the tree's interval.
+        t_max: f64,
+    },
 }
 
 /// `Result` with [`Error`].

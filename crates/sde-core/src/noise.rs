@@ -18,7 +18,10 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
 
+mod brownian;
 mod normal32;
+
+pub use brownian::{BrownianNoise, BrownianTree};
 
 /// A source of the random tensors that samplers, losses and estimators draw.
 ///
