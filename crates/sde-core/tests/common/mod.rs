@@ -7,10 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 /// Loads a reference test-vector file from `testvectors/` at the repository root.
 pub fn vectors(name: &str) -> HashMap<String, Tensor> {
-    let path = format!(
-        "{}/../../testvectors/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../../testvectors/{name}", env!("CARGO_MANIFEST_DIR"));
     candle_core::safetensors::load(&path, &Device::Cpu)
         .unwrap_or_else(|e| panic!("cannot load {path}: {e}"))
 }
