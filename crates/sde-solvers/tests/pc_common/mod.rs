@@ -8,10 +8,7 @@ use sde_core::noise::NoiseSource;
 
 /// Path of a reference vector file.
 pub fn vectors(name: &str) -> String {
-    format!(
-        "{}/../../testvectors/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/../../testvectors/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Loads a reference vector file on the CPU.
