@@ -9,10 +9,7 @@ use candle_nn::VarBuilder;
 use score_nets::{NcsnPp, NcsnPpConfig};
 
 fn path(name: &str) -> String {
-    format!(
-        "{}/../../testvectors/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/../../testvectors/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn max_abs(a: &Tensor) -> f64 {
