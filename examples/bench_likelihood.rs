@@ -117,7 +117,7 @@ fn main() -> AnyResult<()> {
         let lp = out.log_p.to_vec1::<f64>()?;
         let mean_err = lp.iter().zip(&exact).map(|(a, b)| a - b).sum::<f64>() / n as f64;
         let bpd = out
-            .reference_bits_per_dim(-1.0)?
+            .reference_bits_per_dim(sde_solvers::likelihood::DataRange::ZeroOne)?
             .mean_all()?
             .to_scalar::<f64>()?;
         println!(

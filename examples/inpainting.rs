@@ -333,7 +333,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         grey(&ex_mean[i * P..(i + 1) * P], &mut grid);
     }
     let png_inpaint = args.out.join("inpainting.png");
-    report::upscale(&plot::image_grid(&grid, n * cols, 3, S, S, cols), 10).save(&png_inpaint)?;
+    report::upscale(&plot::image_grid(&grid, n * cols, 3, S, S, cols)?, 10).save(&png_inpaint)?;
 
     // ================= colorization, colour (3, 8, 8) =================
     let muc = means(3);
@@ -409,7 +409,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         grid_c.extend(to32(&exc_mean[i * d..(i + 1) * d]));
     }
     let png_color = args.out.join("colorization.png");
-    report::upscale(&plot::image_grid(&grid_c, n * cols, 3, S, S, cols), 10).save(&png_color)?;
+    report::upscale(&plot::image_grid(&grid_c, n * cols, 3, S, S, cols)?, 10).save(&png_color)?;
 
     // ================= report =================
     println!(

@@ -21,7 +21,7 @@ use scoresde::report::{self, host, mean};
 use sde_core::analytic::{GaussianMixture, GaussianMixtureScore, GaussianScore};
 use sde_core::{time_tensor, ScoreFn, Sde, SubVpSde, VeSde, VpSde};
 use sde_solvers::likelihood::{
-    bits_per_dim, uniform_dequantize, DivergenceEstimator, HutchinsonProbe, Likelihood,
+    bits_per_dim, dequantize_levels, DivergenceEstimator, HutchinsonProbe, Likelihood,
     LikelihoodOptions,
 };
 use sde_solvers::ode::{OdeMethod, Rk45Options};
@@ -311,7 +311,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let cont = oracle.sample(&shape, &dev, DType::F64, &mut rng)?;
     // Quantise to 256 levels k/255 in [0, 1] (what `ToTensor` gives for 8-bit pixels).
     let quantised = (cont.clamp(0f64, 1f64)?.affine(255.0, 0.0)?.round()? / 255.0)?;
-    let deq = uniform_dequantize(&quantised, 8, (0.0, 1.0), &mut rng)?;
+    let deq = dequantize_levels(&quantised, 8, (0.0, 1.0), &mut rng)?;
     let t_eps = time_tensor(eps, args.n_points, &dev, DType::F64)?;
     let closed = host(&oracle.log_prob(&deq, &t_eps)?)?;
     // The Jacobian of this score is a multiple of the identity, for which Rademacher probes are
@@ -420,7 +420,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .flatten_all()?
         .to_dtype(DType::F32)?
         .to_vec1()?;
-    let grid = plot::image_grid(&grid_data, n_show, 1, 8, 8, 8);
+    let grid = plot::image_grid(&grid_data, n_show, 1, 8, 8, 8)?;
     let images_png = args.out.join("images.png");
     report::upscale(&grid, 8).save(&images_png)?;
 

@@ -271,7 +271,7 @@ pub fn sample_grid<S: Sde>(
     })?;
     bar.finish_and_clear();
     let x: Tensor = sde_train::inverse_scaler(&out.x, cfg.centered)?.clamp(0.0, 1.0)?;
-    sde_train::image_grid(
+    sde_train::save_image_grid(
         &x.to_device(&Device::Cpu)?,
         (n as f64).sqrt().ceil() as usize,
         path,

@@ -158,10 +158,51 @@ pub fn hstack(panels: &[&Canvas]) -> RgbImage {
     out
 }
 
-/// Tiles images given as `[B, C, H, W]` values in `[0, 1]` (C = 1 or 3) into a grid with
-/// `ncol` columns and a 2-pixel gutter (the reference's `save_image` grid).
-pub fn image_grid(data: &[f32], b: usize, c: usize, h: usize, w: usize, ncol: usize) -> RgbImage {
-    let ncol = ncol.max(1);
+/// Why [`image_grid`] cannot tile its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GridError {
+    /// What the grid needs.
+    pub expected: String,
+    /// What was passed.
+    pub got: String,
+}
+
+impl std::fmt::Display for GridError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "image_grid: expected {}, got {}",
+            self.expected, self.got
+        )
+    }
+}
+
+impl std::error::Error for GridError {}
+
+/// Tiles images given as host `[B, C, H, W]` values in `[0, 1]` (C = 1 or 3) into an in-memory
+/// grid with `ncol` columns and a 2-pixel white gutter (to write a tensor of images straight to
+/// a PNG, use `sde_train::save_image_grid`). `data` must hold exactly B·C·H·W values, C must be
+/// 1 or 3 and `ncol` ≥ 1 ([`GridError`] otherwise); B = 0 gives a blank gutter-only image.
+pub fn image_grid(
+    data: &[f32],
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    ncol: usize,
+) -> Result<RgbImage, GridError> {
+    let numel = [b, c, h, w]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if !(c == 1 || c == 3) || ncol == 0 || numel != Some(data.len()) {
+        return Err(GridError {
+            expected: "[B, C ∈ {1, 3}, H, W] values (B·C·H·W of them) and ncol ≥ 1".into(),
+            got: format!(
+                "{} values for [{b}, {c}, {h}, {w}], ncol {ncol}",
+                data.len()
+            ),
+        });
+    }
     let nrow = b.div_ceil(ncol);
     let pad = 2;
     let gw = (ncol * (w + pad) + pad) as u32;
@@ -173,7 +214,7 @@ pub fn image_grid(data: &[f32], b: usize, c: usize, h: usize, w: usize, ncol: us
             for x in 0..w {
                 let mut px = [0u8; 3];
                 for (k, p) in px.iter_mut().enumerate() {
-                    let ch = if c == 1 { 0 } else { k.min(c - 1) };
+                    let ch = if c == 1 { 0 } else { k };
                     let v = data[((i * c + ch) * h + y) * w + x];
                     *p = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
                 }
@@ -185,5 +226,5 @@ pub fn image_grid(data: &[f32], b: usize, c: usize, h: usize, w: usize, ncol: us
             }
         }
     }
-    img
+    Ok(img)
 }

@@ -257,8 +257,12 @@ pub fn single_threaded_candle() {
         }
         const M_TRIM_THRESHOLD: i32 = -1;
         const M_MMAP_THRESHOLD: i32 = -3;
-        // SAFETY: mallopt only adjusts glibc allocator tunables; called before other threads
-        // allocate.
+        // SAFETY: the declaration matches glibc's `int mallopt(int param, int value)`, and this
+        // block is compiled only for glibc targets. glibc documents mallopt as MT-Safe (it takes
+        // the arena lock), so a call while other threads allocate is still sound; the two
+        // parameters only change when freed memory is trimmed and which sizes use `mmap`, never
+        // the validity of memory already handed out. Its return value (0 on error) needs no
+        // handling: an unsupported tunable leaves the allocator as it was.
         unsafe {
             mallopt(M_TRIM_THRESHOLD, 512 << 20);
             mallopt(M_MMAP_THRESHOLD, 256 << 20);

@@ -39,8 +39,21 @@ pub struct GaussianScore<S> {
 }
 
 impl<S: Sde> GaussianScore<S> {
-    /// Data N(`mean`, diag(`std`²)); `std` must be positive and both finite.
+    /// Data N(`mean`, diag(`std`²)); `std` must be positive, both finite and non-empty.
     pub fn new(sde: S, mean: Tensor, std: Tensor) -> Result<Self> {
+        for (arg, p) in [("mean", &mean), ("std", &std)] {
+            if p.elem_count() == 0 {
+                return Err(Error::ShapeMismatch {
+                    what: if arg == "mean" {
+                        "GaussianScore::new mean"
+                    } else {
+                        "GaussianScore::new std"
+                    },
+                    expected: "a non-empty tensor broadcasting against one sample".into(),
+                    got: format!("{:?}", p.dims()),
+                });
+            }
+        }
         let s = to_host_f64(&std)?;
         let m = to_host_f64(&mean)?;
         if m.iter().any(|v| !v.is_finite()) {
@@ -77,8 +90,8 @@ impl<S: Sde> GaussianScore<S> {
     }
 
     /// Mean a μ and variance a² s² + σ² of p_t, broadcast to `x`'s shape.
-    fn moments(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        crate::tensor::check_time(x, t, self.sde.t_end())?;
+    fn moments(&self, func: &'static str, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
+        crate::tensor::check_time_in(func, x, t, self.sde.t_end())?;
         let (a, sigma) = self.sde.marginal_coeffs(t)?;
         let (mu, s) = self.params_for(x)?;
         let a = expand_batch(&a, x)?;
@@ -94,12 +107,14 @@ impl<S: Sde> GaussianScore<S> {
 
     /// log p_t(x) per sample, `[B]`.
     pub fn log_prob(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let (mean, var) = self.moments(x, t)?;
+        let (mean, var) = self.moments("GaussianScore::log_prob", x, t)?;
         gaussian_logp(x, &mean, &var)
     }
 
     /// log p_0(x) of the data distribution itself, `[B]`.
     pub fn log_prob_data(&self, x: &Tensor) -> Result<Tensor> {
+        crate::tensor::batch_size("GaussianScore::log_prob_data", "x", x)?;
+        crate::tensor::check_float("GaussianScore::log_prob_data", "x", x)?;
         let (mu, s) = self.params_for(x)?;
         let mean = mu.broadcast_as(x.shape())?.contiguous()?;
         let var = s.sqr()?.broadcast_as(x.shape())?.contiguous()?;
@@ -123,13 +138,20 @@ impl<S: Sde> GaussianScore<S> {
 impl<S: Sde> ScoreFn for GaussianScore<S> {
     /// −(x − a μ) / (a² s² + σ²).
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let (mean, var) = self.moments(x, t)?;
+        let (mean, var) = self.moments("GaussianScore::score", x, t)?;
         Ok((x - mean)?.neg()?.div(&var)?)
     }
 
     /// The Jacobian is −diag(1/(a² s² + σ²)), so vᵀJ = −v / var.
     fn score_with_vjp(&self, x: &Tensor, t: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (mean, var) = self.moments(x, t)?;
+        let (mean, var) = self.moments("GaussianScore::score_with_vjp", x, t)?;
+        if v.shape() != x.shape() {
+            return Err(Error::ShapeMismatch {
+                what: "GaussianScore::score_with_vjp probe v",
+                expected: format!("{:?} (the shape of x)", x.dims()),
+                got: format!("{:?}", v.dims()),
+            });
+        }
         let score = (x - mean)?.neg()?.div(&var)?;
         let vjp = v.to_dtype(x.dtype())?.neg()?.div(&var)?;
         Ok((score, vjp))
@@ -176,6 +198,13 @@ impl GaussianMixture {
             });
         }
         let total: f64 = weights.iter().sum();
+        if !total.is_finite() {
+            return Err(Error::InvalidParameter {
+                name: "weights",
+                value: total,
+                reason: "the sum of the mixture weights must be finite",
+            });
+        }
         for &w in &weights {
             if !(w.is_finite() && w > 0.0) {
                 return Err(Error::InvalidParameter {
@@ -257,9 +286,18 @@ impl GaussianMixture {
         self.dim
     }
 
-    fn check_x(&self, x: &Tensor) -> Result<usize> {
+    fn check_x(&self, func: &'static str, x: &Tensor) -> Result<usize> {
+        if x.rank() < 2 {
+            return Err(Error::Rank {
+                func,
+                arg: "x",
+                expected: "≥ 2 ([B, ...])",
+                got: x.shape().clone(),
+            });
+        }
+        crate::tensor::check_float(func, "x", x)?;
         let d = crate::tensor::sample_numel(x)?;
-        if x.rank() < 2 || d != self.dim {
+        if d != self.dim {
             return Err(Error::ShapeMismatch {
                 what: "x for GaussianMixture",
                 expected: format!("[B, ...] with {} elements per sample", self.dim),
@@ -380,7 +418,7 @@ impl GaussianMixture {
 
     /// Log density of p_0 per sample (`x: [B, ...]` with D elements per sample) → `[B]` (f64 host values).
     pub fn log_prob(&self, x: &Tensor) -> Result<Vec<f64>> {
-        let b = self.check_x(x)?;
+        let b = self.check_x("GaussianMixture::log_prob", x)?;
         let xs = to_host_f64(x)?;
         let mut sc = vec![0.0; self.dim];
         let mut scratch = TimeConstants::default();
@@ -402,7 +440,7 @@ impl GaussianMixture {
     /// Index of the most responsible component under p_0 for each sample (mode assignment).
     #[allow(clippy::needless_range_loop)]
     pub fn classify(&self, x: &Tensor) -> Result<Vec<usize>> {
-        let b = self.check_x(x)?;
+        let b = self.check_x("GaussianMixture::classify", x)?;
         let xs = to_host_f64(x)?;
         Ok((0..b)
             .map(|i| {
@@ -440,6 +478,7 @@ impl GaussianMixture {
                 got: format!("{dims:?}"),
             });
         }
+        crate::tensor::check_float_dtype("GaussianMixture::sample", "dtype", dtype)?;
         let b = dims[0];
         let u = to_host_f64(&noise.rand_uniform(&Shape::from(b), &Device::Cpu, DType::F64)?)?;
         let z = to_host_f64(&noise.randn(shape, &Device::Cpu, DType::F64)?)?;
@@ -515,9 +554,14 @@ impl<S: Sde> GaussianMixtureScore<S> {
         &self.sde
     }
 
-    fn coeffs(&self, x: &Tensor, t: &Tensor) -> Result<(usize, Vec<f64>, Vec<f64>)> {
-        let b = self.mixture.check_x(x)?;
-        crate::tensor::check_time(x, t, self.sde.t_end())?;
+    fn coeffs(
+        &self,
+        func: &'static str,
+        x: &Tensor,
+        t: &Tensor,
+    ) -> Result<(usize, Vec<f64>, Vec<f64>)> {
+        let b = self.mixture.check_x(func, x)?;
+        crate::tensor::check_time_in(func, x, t, self.sde.t_end())?;
         let (a, s) = self.sde.marginal_coeffs(t)?;
         Ok((b, to_host_f64(&a)?, to_host_f64(&s)?))
     }
@@ -528,7 +572,12 @@ impl<S: Sde> GaussianMixtureScore<S> {
         t: &Tensor,
         v: Option<&Tensor>,
     ) -> Result<(Vec<f64>, Tensor, Option<Tensor>)> {
-        let (b, a, s) = self.coeffs(x, t)?;
+        let func = if v.is_some() {
+            "GaussianMixtureScore::score_with_vjp"
+        } else {
+            "GaussianMixtureScore::score"
+        };
+        let (b, a, s) = self.coeffs(func, x, t)?;
         let d = self.mixture.dim;
         let xs = to_host_f64(x)?;
         let vs = match v {
@@ -629,8 +678,13 @@ impl<S: Sde> GaussianMixtureScore<S> {
         if x.dtype() != DType::F32 || !x.device().is_cpu() || self.mixture.dim > fast::MAX_DIM {
             return Ok(None);
         }
-        let b = self.mixture.check_x(x)?;
-        let times = PerSample::times(x, t, self.sde.t_end())?;
+        let func = if v.is_some() {
+            "GaussianMixtureScore::score_with_vjp"
+        } else {
+            "GaussianMixtureScore::score"
+        };
+        let b = self.mixture.check_x(func, x)?;
+        let times = PerSample::times_in(func, x, t, self.sde.t_end())?;
         let probe = match v {
             Some(v) if v.shape() != x.shape() => {
                 return Err(Error::ShapeMismatch {
@@ -768,8 +822,13 @@ impl<S: Sde> GaussianMixtureScore<S> {
     /// log p_t(x) per sample as differentiable candle ops: `[B]` in `x`'s dtype
     /// (for autograd checks and for users who need gradients of the density).
     pub fn log_prob_tensor(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let b = self.mixture.check_x(x)?;
-        crate::tensor::check_time(x, t, self.sde.t_end())?;
+        let func = "GaussianMixtureScore::log_prob_tensor";
+        let b = self.mixture.check_x(func, x)?;
+        crate::tensor::check_time_in(func, x, t, self.sde.t_end())?;
+        if b == 0 {
+            // an empty batch: candle's max has nothing to reduce
+            return Ok(Tensor::zeros(0, x.dtype(), x.device())?);
+        }
         let (a, s) = self.sde.marginal_coeffs(t)?;
         let (k, d) = (self.mixture.n_components(), self.mixture.dim);
         let dev = x.device();

@@ -1,6 +1,6 @@
 //! The error type of `sde-core`.
 
-use candle_core::Shape;
+use candle_core::{DType, Shape};
 
 /// Everything that can go wrong in `sde-core`: invalid parameters, mismatched shapes,
 /// times outside `[0, T]`, non-finite values and errors from candle.
@@ -50,6 +50,31 @@ pub enum Error {
     NonFinite {
         /// Which value.
         what: String,
+    },
+    /// A tensor argument has a dtype the function does not accept (e.g. an integer time
+    /// tensor, whose coefficients would be computed and truncated in the integer dtype).
+    #[error("{func}: `{arg}` must be {expected}, got dtype {got:?}")]
+    DType {
+        /// The function that was called (e.g. `VpSde::marginal_prob`).
+        func: &'static str,
+        /// Which argument.
+        arg: &'static str,
+        /// What it must be (e.g. "a float tensor (f16, bf16, f32 or f64)").
+        expected: &'static str,
+        /// The dtype that was passed.
+        got: DType,
+    },
+    /// A tensor argument has the wrong rank (e.g. a scalar where a batch `[B, ...]` is needed).
+    #[error("{func}: `{arg}` must have rank {expected}, got shape {got:?}")]
+    Rank {
+        /// The function that was called.
+        func: &'static str,
+        /// Which argument.
+        arg: &'static str,
+        /// The rank it must have, with the layout (e.g. "≥ 1 ([B, ...])").
+        expected: &'static str,
+        /// The shape that was passed.
+        got: Shape,
     },
     /// The operation is not defined for this SDE, dtype or device.
     #[error("unsupported: {0}")]

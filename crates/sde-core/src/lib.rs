@@ -46,8 +46,8 @@ pub use score::{autograd_vjp, Mode, ScoreFn, ScoreModel, ScoreModelFn};
 pub use sde::{standard_normal_logp, timestep_index, AncestralSde, LabelConvention, Sde};
 pub use sub_vp::SubVpSde;
 pub use tensor::{
-    check_time, constant_value, ensure_finite, expand_batch, from_host_f64, mul_batch,
-    sample_numel, sum_non_batch, time_tensor, to_host_f64,
+    batch_size, check_float, check_time, check_time_in, constant_value, ensure_finite,
+    expand_batch, from_host_f64, mul_batch, sample_numel, sum_non_batch, time_tensor, to_host_f64,
 };
 pub use ve::VeSde;
 pub use vp::VpSde;

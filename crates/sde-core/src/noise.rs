@@ -67,9 +67,12 @@ fn host_tensor(
             Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?
         }
         other => {
-            return Err(Error::Unsupported(format!(
-                "random draws need a float dtype, got {other:?}"
-            )))
+            return Err(Error::DType {
+                func: "NoiseSource (randn / rand_uniform / rademacher)",
+                arg: "dtype",
+                expected: "a float dtype (f16, bf16, f32 or f64)",
+                got: other,
+            })
         }
     };
     Ok(t.to_device(device)?)
@@ -190,9 +193,12 @@ impl PerSampleNoise {
     ) -> Result<Tensor> {
         let dims = shape.dims();
         let Some((_, rest)) = dims.split_first() else {
-            return Err(Error::Unsupported(
-                "PerSampleNoise needs a batched shape [B, ...]".into(),
-            ));
+            return Err(Error::Rank {
+                func: "PerSampleNoise",
+                arg: "shape",
+                expected: "≥ 1 ([B, ...]: one stream per sample)",
+                got: shape.clone(),
+            });
         };
         let per: usize = rest.iter().product();
         let t = host_tensor(

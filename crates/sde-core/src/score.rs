@@ -27,6 +27,10 @@ pub trait ScoreFn {
 }
 
 /// `(f(x), vᵀ ∂f/∂x)` by candle's reverse-mode autograd: one forward and one backward pass.
+///
+/// `f(x)` must have the shape of the probe `v` (the data's shape when `f` is a score or a
+/// drift); otherwise [`Error::ShapeMismatch`] with the probe's shape as expected and the
+/// output's as got.
 pub fn autograd_vjp(
     f: impl FnOnce(&Tensor) -> Result<Tensor>,
     x: &Tensor,
@@ -36,9 +40,9 @@ pub fn autograd_vjp(
     let y = f(xv.as_tensor())?;
     if y.shape() != v.shape() {
         return Err(Error::ShapeMismatch {
-            what: "vjp probe",
-            expected: format!("{:?}", y.dims()),
-            got: format!("{:?}", v.dims()),
+            what: "autograd_vjp: output of the differentiated function (score or drift) vs the probe v",
+            expected: format!("{:?} (the probe's shape)", v.dims()),
+            got: format!("{:?}", y.dims()),
         });
     }
     let obj = (&y * v.to_dtype(y.dtype())?)?.sum_all()?;
@@ -220,7 +224,10 @@ impl<'a, S: Sde + ?Sized, M: ScoreModel + ?Sized> ScoreModelFn<'a, S, M> {
     }
 
     /// The time labels the network receives for times `t: [B]`.
+    /// `t` must be a float `[B]` tensor ([`Error::DType`] / [`Error::Rank`] otherwise).
     pub fn labels(&self, t: &Tensor) -> Result<Tensor> {
+        crate::tensor::batch_size("ScoreModelFn::labels", "t", t)?;
+        crate::tensor::check_float("ScoreModelFn::labels", "t", t)?;
         match &self.convention {
             LabelConvention::Sigma => Ok(self.sde.marginal_coeffs(t)?.1),
             LabelConvention::SigmaIndex { n, t_end } => {
@@ -255,7 +262,7 @@ impl<'a, S: Sde + ?Sized, M: ScoreModel + ?Sized> ScoreModelFn<'a, S, M> {
 
 impl<S: Sde + ?Sized, M: ScoreModel + ?Sized> ScoreFn for ScoreModelFn<'_, S, M> {
     fn score(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        crate::tensor::check_time(x, t, self.sde.t_end())?;
+        crate::tensor::check_time_in("ScoreModelFn::score", x, t, self.sde.t_end())?;
         let labels = self.labels(t)?;
         let out = match &self.noise {
             None => self.model.forward_t(x, &labels, Mode::Eval)?,
@@ -289,7 +296,13 @@ impl<S: Sde + ?Sized, M: ScoreModel + ?Sized> ScoreFn for ScoreModelFn<'_, S, M>
                 ..
             } => {
                 let lab = to_host_f64(&labels)?;
-                let last = sqrt_1m_alphas_cumprod.len().saturating_sub(1);
+                let Some(last) = sqrt_1m_alphas_cumprod.len().checked_sub(1) else {
+                    return Err(Error::ShapeMismatch {
+                        what: "LabelConvention::DdpmTimestep sqrt_1m_alphas_cumprod",
+                        expected: "N ≥ 1 entries".into(),
+                        got: "0".into(),
+                    });
+                };
                 let inv: Vec<f64> = lab
                     .iter()
                     .map(|&l| -1.0 / sqrt_1m_alphas_cumprod[(l.max(0.0) as usize).min(last)])

@@ -121,7 +121,8 @@ pub trait Sde {
     /// The default reads them off [`marginal_prob`](Sde::marginal_prob) at x(0) = 1; the built-in
     /// SDEs compute them directly. The analytic oracles in [`crate::analytic`] rely on this form.
     fn marginal_coeffs(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let b = t.dim(0)?;
+        let b = crate::tensor::batch_size("Sde::marginal_coeffs", "t", t)?;
+        crate::tensor::check_float("Sde::marginal_coeffs", "t", t)?;
         let ones = Tensor::ones((b, 1), t.dtype(), t.device())?;
         let (mean, std) = self.marginal_prob(&ones, t)?;
         Ok((mean.flatten_all()?, std))
@@ -346,7 +347,12 @@ pub(crate) fn step_indices(
 
 /// log N(z; 0, σ² I) per sample, summed over all non-batch dims:
 /// −D/2 · log(2π σ²) − ‖z‖² / (2σ²).
+///
+/// `z` must be a float tensor of rank ≥ 1 and `sigma` finite and > 0.
 pub fn standard_normal_logp(z: &Tensor, sigma: f64) -> Result<Tensor> {
+    crate::error::check_param("sigma", sigma, sigma > 0.0, "must be finite and > 0")?;
+    crate::tensor::batch_size("prior_logp", "z", z)?;
+    crate::tensor::check_float("prior_logp", "z", z)?;
     let d = crate::tensor::sample_numel(z)? as f64;
     let sq = crate::tensor::sum_non_batch(&z.sqr()?)?;
     let c = -0.5 * d * (2.0 * std::f64::consts::PI * sigma * sigma).ln();
@@ -357,25 +363,49 @@ pub fn standard_normal_logp(z: &Tensor, sigma: f64) -> Result<Tensor> {
 /// `t`'s device in `t`'s dtype. Used by the built-in SDEs for numerically careful formulas
 /// (`expm1`, `ln_1p`) that candle has no op for. `f` runs once per run of equal times (once per
 /// call for a sampler's shared time).
+#[allow(dead_code)] // kept for SDE methods without a function name to report
 pub(crate) fn host_coeff(
     sde_t_end: f64,
     x: &Tensor,
     t: &Tensor,
     f: impl Fn(f64) -> f64,
 ) -> Result<Tensor> {
-    PerSample::times(x, t, sde_t_end)?
+    host_coeff_in("Sde", sde_t_end, x, t, f)
+}
+
+/// [`host_coeff`] with errors naming the calling function `func`.
+pub(crate) fn host_coeff_in(
+    func: &'static str,
+    sde_t_end: f64,
+    x: &Tensor,
+    t: &Tensor,
+    f: impl Fn(f64) -> f64,
+) -> Result<Tensor> {
+    PerSample::times_in(func, x, t, sde_t_end)?
         .map(f)
         .tensor(t.device(), t.dtype())
 }
 
 /// Two coefficients at once (one pass over the times).
+#[allow(dead_code)] // kept for SDE methods without a function name to report
 pub(crate) fn host_coeff2(
     sde_t_end: f64,
     x: &Tensor,
     t: &Tensor,
     f: impl Fn(f64) -> (f64, f64),
 ) -> Result<(Tensor, Tensor)> {
-    let (a, b) = PerSample::times(x, t, sde_t_end)?.map(f).unzip();
+    host_coeff2_in("Sde", sde_t_end, x, t, f)
+}
+
+/// [`host_coeff2`] with errors naming the calling function `func`.
+pub(crate) fn host_coeff2_in(
+    func: &'static str,
+    sde_t_end: f64,
+    x: &Tensor,
+    t: &Tensor,
+    f: impl Fn(f64) -> (f64, f64),
+) -> Result<(Tensor, Tensor)> {
+    let (a, b) = PerSample::times_in(func, x, t, sde_t_end)?.map(f).unzip();
     Ok((
         a.tensor(t.device(), t.dtype())?,
         b.tensor(t.device(), t.dtype())?,

@@ -4,7 +4,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 
 use crate::error::Result;
 use crate::noise::NoiseSource;
-use crate::sde::{host_coeff2, standard_normal_logp, LabelConvention, Sde};
+use crate::sde::{host_coeff2_in, standard_normal_logp, LabelConvention, Sde};
 use crate::tensor::mul_batch;
 use crate::vp::BetaSchedule;
 
@@ -40,8 +40,8 @@ impl SubVpSde {
     pub fn beta_max(&self) -> f64 {
         self.schedule.beta_1
     }
-    fn coeffs(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        host_coeff2(1.0, x, t, |t| {
+    fn coeffs(&self, func: &'static str, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
+        host_coeff2_in(func, 1.0, x, t, |t| {
             let l = self.schedule.log_mean_coeff(t);
             (l.exp(), -(2.0 * l).exp_m1())
         })
@@ -62,7 +62,7 @@ impl Sde for SubVpSde {
     /// f = −½ β(t) x, g = √(β(t) · (−expm1(−2 β_min t − (β_max − β_min) t²))).
     fn sde(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
         let s = &self.schedule;
-        let (half_beta, g) = host_coeff2(1.0, x, t, |t| {
+        let (half_beta, g) = host_coeff2_in("SubVpSde::sde", 1.0, x, t, |t| {
             let b = s.beta(t);
             let discount = -(-2.0 * s.beta_0 * t - (s.beta_1 - s.beta_0) * t * t).exp_m1();
             (-0.5 * b, (b * discount).sqrt())
@@ -72,7 +72,7 @@ impl Sde for SubVpSde {
 
     /// mean = e^{L(t)} x(0), std = −expm1(2 L(t)).
     fn marginal_prob(&self, x0: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (m, std) = self.coeffs(x0, t)?;
+        let (m, std) = self.coeffs("SubVpSde::marginal_prob", x0, t)?;
         Ok((mul_batch(&m, x0)?, std))
     }
 
@@ -93,12 +93,13 @@ impl Sde for SubVpSde {
     }
 
     fn marginal_coeffs(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let probe = Tensor::zeros((t.dim(0)?, 1), t.dtype(), t.device())?;
-        self.coeffs(&probe, t)
+        let func = "SubVpSde::marginal_coeffs";
+        let probe = Tensor::zeros((crate::batch_size(func, "t", t)?, 1), t.dtype(), t.device())?;
+        self.coeffs(func, &probe, t)
     }
 
     fn langevin_alpha(&self, t: &Tensor) -> Result<Tensor> {
-        self.schedule.alphas_at(t)
+        self.schedule.alphas_at("SubVpSde::langevin_alpha", t)
     }
 
     fn label_convention(&self, _continuous: bool) -> LabelConvention {

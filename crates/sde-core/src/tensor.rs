@@ -21,7 +21,11 @@ pub(crate) fn pool_threads() -> usize {
 /// assert_eq!(t.dims(), &[4]);
 /// # Ok::<(), sde_core::Error>(())
 /// ```
+///
+/// `dtype` must be a float dtype ([`Error::DType`] otherwise: an integer time grid would round
+/// every time to 0 or 1).
 pub fn time_tensor(t: f64, batch: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+    check_float_dtype("time_tensor", "dtype", dtype)?;
     Ok(match dtype {
         // One allocation: filled in the target dtype (rounded as `to_dtype` rounds).
         DType::F32 => Tensor::full(t as f32, batch, device)?,
@@ -90,8 +94,14 @@ impl PerSample<f64> {
 
     /// The times `t` for `x` ([`check_time`]'s checks: shape `[x.dim(0)]`, finite, in
     /// `[0, T]`).
+    #[allow(dead_code)] // kept for SDE methods without a function name to report
     pub(crate) fn times(x: &Tensor, t: &Tensor, t_end: f64) -> Result<Self> {
-        check_time_shape(x, t)?;
+        Self::times_in("Sde", x, t, t_end)
+    }
+
+    /// [`times`](Self::times), with errors naming the calling function `func`.
+    pub(crate) fn times_in(func: &'static str, x: &Tensor, t: &Tensor, t_end: f64) -> Result<Self> {
+        check_time_args(func, x, t)?;
         let v = Self::read(t)?;
         match &v {
             Self::Same(ti, _) => check_time_values(std::slice::from_ref(ti), t_end)?,
@@ -154,7 +164,7 @@ pub fn mul_batch(v: &Tensor, x: &Tensor) -> Result<Tensor> {
 
 /// Reshapes `v: [B]` to `[B, 1, …, 1]` with the rank of `x`, ready to broadcast against it.
 pub fn expand_batch(v: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let b = x.dim(0)?;
+    let b = batch_size("expand_batch", "x", x)?;
     if v.dims() != [b] {
         return Err(Error::ShapeMismatch {
             what: "per-sample coefficient",
@@ -168,13 +178,68 @@ pub fn expand_batch(v: &Tensor, x: &Tensor) -> Result<Tensor> {
 }
 
 /// Sums over every dimension but the first: `[B, ...] -> [B]`.
+///
+/// A rank-1 `x: [B]` (one scalar per sample) is returned as it is; a zero-size sample
+/// (`[B, 0]`) sums to 0. Rank 0 is an [`Error::Rank`].
 pub fn sum_non_batch(x: &Tensor) -> Result<Tensor> {
+    batch_size("sum_non_batch", "x", x)?;
+    if x.rank() == 1 {
+        return Ok(x.clone());
+    }
     Ok(x.flatten_from(1)?.sum(1)?)
 }
 
-/// Number of elements per sample (the product of all non-batch dims), `D` in the paper.
+/// Number of elements per sample (the product of all non-batch dims), `D` in the paper:
+/// 1 for a rank-1 `[B]`, 0 for a zero-size sample; rank 0 is an [`Error::Rank`].
 pub fn sample_numel(x: &Tensor) -> Result<usize> {
+    batch_size("sample_numel", "x", x)?;
     Ok(x.dims().iter().skip(1).product())
+}
+
+/// What every float check asks for.
+const FLOAT: &str = "a float tensor (f16, bf16, f32 or f64)";
+
+/// [`Error::DType`] naming `func` and `arg` unless `x` has a float dtype (f16, bf16, f32,
+/// f64): integer tensors would make coefficients be computed and truncated in the integer dtype.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let t = Tensor::zeros(4, DType::I64, &Device::Cpu)?;
+/// assert!(matches!(
+///     sde_core::check_float("VpSde::marginal_prob", "t", &t),
+///     Err(sde_core::Error::DType { arg: "t", got: DType::I64, .. })
+/// ));
+/// # Ok::<(), sde_core::Error>(())
+/// ```
+pub fn check_float(func: &'static str, arg: &'static str, x: &Tensor) -> Result<()> {
+    check_float_dtype(func, arg, x.dtype())
+}
+
+/// [`check_float`] of a dtype.
+pub(crate) fn check_float_dtype(func: &'static str, arg: &'static str, dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => Ok(()),
+        got => Err(Error::DType {
+            func,
+            arg,
+            expected: FLOAT,
+            got,
+        }),
+    }
+}
+
+/// The batch size `B` of a batched `x: [B, ...]`; [`Error::Rank`] naming `func` and `arg` for
+/// a rank-0 tensor.
+pub fn batch_size(func: &'static str, arg: &'static str, x: &Tensor) -> Result<usize> {
+    match x.dims().first() {
+        Some(&b) => Ok(b),
+        None => Err(Error::Rank {
+            func,
+            arg,
+            expected: "≥ 1 ([B, ...])",
+            got: x.shape().clone(),
+        }),
+    }
 }
 
 /// Copies a tensor to the host as `f64`, flattened.
@@ -229,17 +294,26 @@ pub fn ensure_finite(x: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
-/// Checks that `t` has shape `[x.dim(0)]`, and returns its host values.
+/// Checks that `x: [B, ...]` and `t: [B]` are float tensors and every time is finite and in
+/// `[0, T]`, and returns the host values of `t`.
 pub fn check_time(x: &Tensor, t: &Tensor, t_end: f64) -> Result<Vec<f64>> {
-    check_time_shape(x, t)?;
+    check_time_in("check_time", x, t, t_end)
+}
+
+/// [`check_time`] with errors naming the calling function `func`.
+pub fn check_time_in(func: &'static str, x: &Tensor, t: &Tensor, t_end: f64) -> Result<Vec<f64>> {
+    check_time_args(func, x, t)?;
     let host = to_host_f64(t)?;
     check_time_values(&host, t_end)?;
     Ok(host)
 }
 
-/// [`Error::TimeShape`] unless `t` has shape `[x.dim(0)]`.
-fn check_time_shape(x: &Tensor, t: &Tensor) -> Result<()> {
-    let b = x.dim(0)?;
+/// The checks of `(x, t)` before their values: `x` batched, both float, `t: [B]`
+/// ([`Error::Rank`], [`Error::DType`], [`Error::TimeShape`]).
+fn check_time_args(func: &'static str, x: &Tensor, t: &Tensor) -> Result<()> {
+    let b = batch_size(func, "x", x)?;
+    check_float(func, "t", t)?;
+    check_float(func, "x", x)?;
     if t.dims() != [b] {
         return Err(Error::TimeShape {
             batch: b,

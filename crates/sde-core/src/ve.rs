@@ -7,7 +7,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use crate::error::{check_param, Result};
 use crate::noise::NoiseSource;
 use crate::sde::{
-    host_coeff, host_coeff2, standard_normal_logp, step_indices, AncestralSde, LabelConvention, Sde,
+    host_coeff2_in, host_coeff_in, standard_normal_logp, step_indices, AncestralSde,
+    LabelConvention, Sde,
 };
 use crate::tensor::{mul_batch, PerSample};
 
@@ -80,8 +81,13 @@ impl VeSde {
         (2.0 * (self.sigma_max / self.sigma_min).ln()).sqrt()
     }
     /// σ_i and σ_{i−1} (0 for i = 0) at the discrete index of each time (validated for `x`).
-    fn sigma_pair(&self, x: &Tensor, t: &Tensor) -> Result<PerSample<(f64, f64)>> {
-        let times = PerSample::times(x, t, 1.0)?;
+    fn sigma_pair(
+        &self,
+        func: &'static str,
+        x: &Tensor,
+        t: &Tensor,
+    ) -> Result<PerSample<(f64, f64)>> {
+        let times = PerSample::times_in(func, x, t, 1.0)?;
         Ok(step_indices(&times, self.n, 1.0, t.dtype()).map(|i| {
             let adj = if i == 0 {
                 0.0
@@ -107,13 +113,13 @@ impl Sde for VeSde {
     /// f = 0, g(t) = σ(t) √(2 log(σ_max/σ_min)).
     fn sde(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
         let k = self.g_factor();
-        let g = host_coeff(1.0, x, t, |t| self.sigma(t) * k)?;
+        let g = host_coeff_in("VeSde::sde", 1.0, x, t, |t| self.sigma(t) * k)?;
         Ok((x.zeros_like()?, g))
     }
 
     /// mean = x(0), std = σ(t).
     fn marginal_prob(&self, x0: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let std = host_coeff(1.0, x0, t, |t| self.sigma(t))?;
+        let std = host_coeff_in("VeSde::marginal_prob", 1.0, x0, t, |t| self.sigma(t))?;
         Ok((x0.clone(), std))
     }
 
@@ -138,15 +144,16 @@ impl Sde for VeSde {
     /// SMLD chain: f_i = 0, G_i = √(σ_i² − σ_{i−1}²) with σ_{−1} = 0.
     fn discretize(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
         let g = self
-            .sigma_pair(x, t)?
+            .sigma_pair("VeSde::discretize", x, t)?
             .map(|(s, a)| (s * s - a * a).sqrt())
             .tensor(t.device(), t.dtype())?;
         Ok((x.zeros_like()?, g))
     }
 
     fn marginal_coeffs(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let probe = Tensor::zeros((t.dim(0)?, 1), t.dtype(), t.device())?;
-        host_coeff2(1.0, &probe, t, |t| (1.0, self.sigma(t)))
+        let func = "VeSde::marginal_coeffs";
+        let probe = Tensor::zeros((crate::batch_size(func, "t", t)?, 1), t.dtype(), t.device())?;
+        host_coeff2_in(func, 1.0, &probe, t, |t| (1.0, self.sigma(t)))
     }
 
     fn label_convention(&self, continuous: bool) -> LabelConvention {
@@ -182,7 +189,7 @@ impl Sde for VeSde {
 impl AncestralSde for VeSde {
     fn ancestral_step(&self, x: &Tensor, t: &Tensor, score: &Tensor) -> Result<(Tensor, Tensor)> {
         let (dv, std) = self
-            .sigma_pair(x, t)?
+            .sigma_pair("VeSde::ancestral_step", x, t)?
             .map(|(s, a)| {
                 let d = s * s - a * a;
                 (d, (a * a * d / (s * s)).sqrt())

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use crate::error::{check_param, Result};
 use crate::noise::NoiseSource;
 use crate::sde::{
-    host_coeff2, standard_normal_logp, step_indices, AncestralSde, LabelConvention, Sde,
+    host_coeff2_in, standard_normal_logp, step_indices, AncestralSde, LabelConvention, Sde,
 };
 use crate::tensor::{mul_batch, PerSample};
 
@@ -96,10 +96,16 @@ impl BetaSchedule {
     }
 
     /// α_i = 1 − β_i at the discrete index of each time.
-    pub fn alphas_at(&self, t: &Tensor) -> Result<Tensor> {
-        step_indices(&PerSample::read(t)?, self.n, 1.0, t.dtype())
-            .map(|i| 1.0 - self.discrete_betas[i])
-            .tensor(t.device(), t.dtype())
+    pub fn alphas_at(&self, func: &'static str, t: &Tensor) -> Result<Tensor> {
+        let probe = Tensor::zeros((crate::batch_size(func, "t", t)?, 1), t.dtype(), t.device())?;
+        step_indices(
+            &PerSample::times_in(func, &probe, t, 1.0)?,
+            self.n,
+            1.0,
+            t.dtype(),
+        )
+        .map(|i| 1.0 - self.discrete_betas[i])
+        .tensor(t.device(), t.dtype())
     }
 }
 
@@ -168,8 +174,8 @@ impl VpSde {
             .map(|a| a.sqrt())
             .collect()
     }
-    fn betas_at(&self, x: &Tensor, t: &Tensor) -> Result<PerSample<f64>> {
-        let times = PerSample::times(x, t, 1.0)?;
+    fn betas_at(&self, func: &'static str, x: &Tensor, t: &Tensor) -> Result<PerSample<f64>> {
+        let times = PerSample::times_in(func, x, t, 1.0)?;
         Ok(step_indices(&times, self.schedule.n, 1.0, t.dtype())
             .map(|i| self.schedule.discrete_betas[i]))
     }
@@ -188,7 +194,7 @@ impl Sde for VpSde {
 
     /// f = −½ β(t) x, g = √β(t).
     fn sde(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (half_beta, g) = host_coeff2(1.0, x, t, |t| {
+        let (half_beta, g) = host_coeff2_in("VpSde::sde", 1.0, x, t, |t| {
             let b = self.schedule.beta(t);
             (-0.5 * b, b.sqrt())
         })?;
@@ -197,7 +203,7 @@ impl Sde for VpSde {
 
     /// mean = e^{L(t)} x(0), std = √(−expm1(2 L(t))).
     fn marginal_prob(&self, x0: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (m, std) = self.marginal_coeffs_checked(x0, t)?;
+        let (m, std) = self.marginal_coeffs_checked("VpSde::marginal_prob", x0, t)?;
         Ok((mul_batch(&m, x0)?, std))
     }
 
@@ -220,7 +226,7 @@ impl Sde for VpSde {
     /// DDPM chain: f_i = (√(1 − β_i) − 1) x, G_i = √β_i.
     fn discretize(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
         let (coef, g) = self
-            .betas_at(x, t)?
+            .betas_at("VpSde::discretize", x, t)?
             .map(|b| ((0.5 * (-b).ln_1p()).exp_m1(), b.sqrt()))
             .unzip();
         Ok((
@@ -230,12 +236,13 @@ impl Sde for VpSde {
     }
 
     fn marginal_coeffs(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let probe = Tensor::zeros((t.dim(0)?, 1), t.dtype(), t.device())?;
-        self.marginal_coeffs_checked(&probe, t)
+        let func = "VpSde::marginal_coeffs";
+        let probe = Tensor::zeros((crate::batch_size(func, "t", t)?, 1), t.dtype(), t.device())?;
+        self.marginal_coeffs_checked(func, &probe, t)
     }
 
     fn langevin_alpha(&self, t: &Tensor) -> Result<Tensor> {
-        self.schedule.alphas_at(t)
+        self.schedule.alphas_at("VpSde::langevin_alpha", t)
     }
 
     fn label_convention(&self, continuous: bool) -> LabelConvention {
@@ -271,8 +278,13 @@ pub(crate) fn softplus(x: f64) -> f64 {
 }
 
 impl VpSde {
-    fn marginal_coeffs_checked(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        host_coeff2(1.0, x, t, |t| {
+    fn marginal_coeffs_checked(
+        &self,
+        func: &'static str,
+        x: &Tensor,
+        t: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        host_coeff2_in(func, 1.0, x, t, |t| {
             let l = self.schedule.log_mean_coeff(t);
             (l.exp(), (-(2.0 * l).exp_m1()).sqrt())
         })
@@ -281,7 +293,7 @@ impl VpSde {
 
 impl AncestralSde for VpSde {
     fn ancestral_step(&self, x: &Tensor, t: &Tensor, score: &Tensor) -> Result<(Tensor, Tensor)> {
-        let betas = self.betas_at(x, t)?;
+        let betas = self.betas_at("VpSde::ancestral_step", x, t)?;
         let inv = betas
             .map(|b| 1.0 / (1.0 - b).sqrt())
             .tensor(t.device(), x.dtype())?;

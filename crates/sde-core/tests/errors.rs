@@ -120,11 +120,14 @@ fn noise_sources_refuse_what_they_cannot_do() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     assert!(matches!(
         rng.randn(&Shape::from(3), &Device::Cpu, DType::U32),
-        Err(Error::Unsupported(_))
+        Err(Error::DType {
+            got: DType::U32,
+            ..
+        })
     ));
     assert!(matches!(
         PerSampleNoise::new(1).randn(&Shape::from(()), &Device::Cpu, DType::F32),
-        Err(Error::Unsupported(_))
+        Err(Error::Rank { arg: "shape", .. })
     ));
 }
 

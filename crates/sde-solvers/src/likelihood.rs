@@ -6,7 +6,7 @@
 //! use candle_core::{DType, Device, Shape};
 //! use rand::SeedableRng;
 //! use sde_core::{analytic::GaussianScore, VpSde};
-//! use sde_solvers::likelihood::{DivergenceEstimator, Likelihood, LikelihoodOptions};
+//! use sde_solvers::likelihood::{DataRange, DivergenceEstimator, Likelihood, LikelihoodOptions};
 //! use sde_solvers::ode::{ErrorNorm, OdeMethod, Rk45Options};
 //! use sde_solvers::ode_sampler::{OdeSampler, OdeSamplerOptions};
 //!
@@ -37,7 +37,9 @@
 //! let lik = Likelihood::new(&sde, &score, opts)?;
 //! let res = lik.log_likelihood(&out.x, &mut rng)?;
 //! let bpd = res.bits_per_dim(8, (0.0, 1.0))?;           // 8-bit data in [0, 1]
-//! let bpd_ref = res.reference_bits_per_dim(0.0)?;       // the reference's 7 − inverse_scaler(−1)
+//! let bpd_ref = res.reference_bits_per_dim(DataRange::ZeroOne)?; // the reference's formula
+//! let same = (bpd - bpd_ref)?.abs()?.max_all()?.to_scalar::<f64>()?;
+//! assert!(same < 1e-12);
 //! println!("log p = {}, ± {:?}", res.log_p, res.std_err);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -153,10 +155,10 @@ impl LikelihoodOutput {
         bits_per_dim(&self.log_p, self.dim, bit_depth, data_range)
     }
 
-    /// The reference's bits/dim, −log p/(D ln 2) + 7 − inverse_scaler(−1) (see
-    /// [`reference_bits_per_dim`]).
-    pub fn reference_bits_per_dim(&self, inverse_scaler_at_minus_one: f64) -> Result<Tensor> {
-        reference_bits_per_dim(&self.log_p, self.dim, inverse_scaler_at_minus_one)
+    /// The reference's bits/dim, −log p/(D ln 2) + 7 − inverse_scaler(−1), for data the
+    /// likelihood saw in `data_range` (see [`reference_bits_per_dim`]).
+    pub fn reference_bits_per_dim(&self, data_range: DataRange) -> Result<Tensor> {
+        reference_bits_per_dim(&self.log_p, self.dim, data_range)
     }
 }
 
@@ -330,13 +332,23 @@ impl<'a, S: Sde + ?Sized, F: ScoreFn + ?Sized> Likelihood<'a, S, F> {
         &self.opts
     }
 
-    /// log p_ε(x) for `data: [B, ...]` (float). Hutchinson probes are drawn through `noise`
-    /// (K draws of the data's shape, in order); the exact trace draws nothing.
+    /// log p_ε(x) for `data: [B, ...]` (float, rank ≥ 2, at least one element per sample).
+    /// Hutchinson probes are drawn through `noise` (K draws of the data's shape, in order); the
+    /// exact trace draws nothing. An empty batch (`B = 0`) gives empty results with no
+    /// evaluation and no draw.
     pub fn log_likelihood<N: NoiseSource + ?Sized>(
         &self,
         data: &Tensor,
         noise: &mut N,
     ) -> Result<LikelihoodOutput> {
+        check_data("Likelihood::log_likelihood", data)?;
+        if data.dim(0)? == 0 {
+            let k = match self.opts.estimator {
+                DivergenceEstimator::Hutchinson { n_probes, .. } => n_probes,
+                DivergenceEstimator::Exact => 1,
+            };
+            return self.empty(data, k);
+        }
         match self.opts.estimator {
             DivergenceEstimator::Hutchinson { probe, n_probes } => {
                 let mut probes = Vec::with_capacity(n_probes);
@@ -378,6 +390,7 @@ impl<'a, S: Sde + ?Sized, F: ScoreFn + ?Sized> Likelihood<'a, S, F> {
         data: &Tensor,
         probes: &[Tensor],
     ) -> Result<LikelihoodOutput> {
+        check_data("Likelihood::log_likelihood_with_probes", data)?;
         if probes.is_empty() {
             return Err(Error::InvalidParameter {
                 name: "n_probes",
@@ -396,18 +409,36 @@ impl<'a, S: Sde + ?Sized, F: ScoreFn + ?Sized> Likelihood<'a, S, F> {
             }
             ps.push(p.to_dtype(data.dtype())?.to_device(data.device())?);
         }
+        if data.dim(0)? == 0 {
+            return self.empty(data, ps.len());
+        }
         self.run(data, ps, false)
+    }
+
+    /// The result for an empty batch: `[0]` and `[0, K]` tensors, no evaluation.
+    fn empty(&self, data: &Tensor, k: usize) -> Result<LikelihoodOutput> {
+        let (sdt, dev) = (self.opts.solver_dtype, data.device());
+        let per_probe = Tensor::zeros((0, k), sdt, dev)?;
+        Ok(LikelihoodOutput {
+            log_p: Tensor::zeros(0, sdt, dev)?,
+            log_p_per_probe: per_probe.clone(),
+            std_err: if k >= 2 {
+                Some(Tensor::zeros(0, sdt, dev)?)
+            } else {
+                None
+            },
+            prior_logp: Tensor::zeros(0, sdt, dev)?,
+            delta_logp: per_probe,
+            z: data.clone(),
+            nfe: 0,
+            n_accepted: 0,
+            n_rejected: 0,
+            dim: sde_core::sample_numel(data)?,
+        })
     }
 
     fn run(&self, data: &Tensor, probes: Vec<Tensor>, exact: bool) -> Result<LikelihoodOutput> {
         let dtype = data.dtype();
-        if !dtype.is_float() || data.rank() < 2 {
-            return Err(Error::ShapeMismatch {
-                what: "likelihood data",
-                expected: "a float tensor [B, ...] of rank >= 2".into(),
-                got: format!("{:?} {:?}", data.dtype(), data.dims()),
-            });
-        }
         let b = data.dim(0)?;
         let dim = sde_core::sample_numel(data)?;
         let k = if exact { 1 } else { probes.len() };
@@ -464,6 +495,59 @@ impl<'a, S: Sde + ?Sized, F: ScoreFn + ?Sized> Likelihood<'a, S, F> {
     }
 }
 
+/// The likelihood's data checks, naming `func`: a float tensor `[B, ...]` of rank ≥ 2 with at
+/// least one element per sample.
+fn check_data(func: &'static str, data: &Tensor) -> Result<()> {
+    if data.rank() < 2 {
+        return Err(sde_core::Error::Rank {
+            func,
+            arg: "data",
+            expected: "≥ 2 ([B, ...])",
+            got: data.shape().clone(),
+        }
+        .into());
+    }
+    sde_core::check_float(func, "data", data)?;
+    if sde_core::sample_numel(data)? == 0 {
+        return Err(Error::ShapeMismatch {
+            what: "likelihood data (elements per sample)",
+            expected: "at least one element per sample".into(),
+            got: format!("{:?}", data.dims()),
+        });
+    }
+    Ok(())
+}
+
+/// The range of the data a likelihood was evaluated on, as the reference's `data.centered`
+/// sets it: what fixes the offset of its bits/dim ([`reference_bits_per_dim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataRange {
+    /// Data in [0, 1] (`centered = False`, identity inverse scaler): inverse_scaler(−1) = −1,
+    /// +8 bits.
+    ZeroOne,
+    /// Data in [−1, 1] (`centered = True`, inverse scaler (x + 1)/2): inverse_scaler(−1) = 0,
+    /// +7 bits.
+    MinusOneOne,
+}
+
+impl DataRange {
+    /// The reference's `inverse_scaler(-1)` for this range: −1 for [0, 1], 0 for [−1, 1].
+    pub fn inverse_scaler_at_minus_one(self) -> f64 {
+        match self {
+            DataRange::ZeroOne => -1.0,
+            DataRange::MinusOneOne => 0.0,
+        }
+    }
+
+    /// `(lo, hi)`, as [`bits_per_dim`] takes it.
+    pub fn bounds(self) -> (f64, f64) {
+        match self {
+            DataRange::ZeroOne => (0.0, 1.0),
+            DataRange::MinusOneOne => (-1.0, 1.0),
+        }
+    }
+}
+
 fn check_range(bit_depth: u32, (lo, hi): (f64, f64)) -> Result<f64> {
     if bit_depth == 0 || bit_depth > 32 {
         return Err(Error::InvalidParameter {
@@ -507,14 +591,13 @@ pub fn bits_per_dim(
     Ok(log_p.affine(-1.0 / (dim as f64 * std::f64::consts::LN_2), offset)?)
 }
 
-/// The reference's conversion (`likelihood.py`): bpd = −log p / (D ln 2) + 7 − inverse_scaler(−1),
-/// the "hack" that gives +7 for centred data (inverse_scaler(x) = (x+1)/2, data in [−1, 1]) and
-/// +8 for data in [0, 1] (identity scaler): both equal [`bits_per_dim`] with 8 bits.
-pub fn reference_bits_per_dim(
-    log_p: &Tensor,
-    dim: usize,
-    inverse_scaler_at_minus_one: f64,
-) -> Result<Tensor> {
+/// The reference's conversion (`run_lib.evaluate`): bpd = −log p / (D ln 2) + 7 −
+/// inverse_scaler(−1), the "hack" that gives +7 for centred data ([`DataRange::MinusOneOne`],
+/// inverse scaler (x + 1)/2) and +8 for data in [0, 1] ([`DataRange::ZeroOne`], identity
+/// scaler): both equal [`bits_per_dim`] with 8 bits over [`DataRange::bounds`]. The range is an
+/// enum, not the number inverse_scaler(−1), because passing 0 for [0, 1] data is off by exactly
+/// one bit.
+pub fn reference_bits_per_dim(log_p: &Tensor, dim: usize, data_range: DataRange) -> Result<Tensor> {
     if dim == 0 {
         return Err(Error::InvalidParameter {
             name: "dim",
@@ -522,22 +605,26 @@ pub fn reference_bits_per_dim(
             reason: "must be at least 1",
         });
     }
-    let offset = 7.0 - inverse_scaler_at_minus_one;
+    let offset = 7.0 - data_range.inverse_scaler_at_minus_one();
     Ok(log_p.affine(-1.0 / (dim as f64 * std::f64::consts::LN_2), offset)?)
 }
 
-/// Uniform dequantisation of `bit_depth`-bit data in `data_range = (lo, hi)`: with the level
+/// Uniform dequantisation of `bit_depth`-bit levels in `data_range = (lo, hi)`: with the level
 /// k = round((x − lo)/(hi − lo) · (2^bits − 1)) (x = lo + k (hi − lo)/(2^bits − 1), as
 /// `ToTensor` produces k/255), returns lo + (hi − lo)(k + u)/2^bits with u ~ U[0, 1) drawn
-/// through `noise` (an error if some x lies outside the range). The result has a density whose bits/dim bound the discrete model's
-/// ([`bits_per_dim`] with the same `bit_depth` and range).
-pub fn uniform_dequantize<N: NoiseSource + ?Sized>(
+/// through `noise` (an error if some x lies outside the range). The result has a density whose
+/// bits/dim bound the discrete model's ([`bits_per_dim`] with the same `bit_depth` and range).
+///
+/// Not the reference's `uniform_dequantization` ((255 x + u)/256 without rounding, 8 bits in
+/// [0, 1] only): that one is `sde_train::uniform_dequantize`. `x` must be a float tensor.
+pub fn dequantize_levels<N: NoiseSource + ?Sized>(
     x: &Tensor,
     bit_depth: u32,
     data_range: (f64, f64),
     noise: &mut N,
 ) -> Result<Tensor> {
     let width = check_range(bit_depth, data_range)?;
+    sde_core::check_float("dequantize_levels", "x", x)?;
     let levels = 2f64.powi(bit_depth as i32);
     let k = x
         .affine(

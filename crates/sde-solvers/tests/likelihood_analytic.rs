@@ -15,8 +15,8 @@ use sde_core::analytic::{GaussianMixture, GaussianMixtureScore, GaussianScore};
 use sde_core::noise::NoiseSource;
 use sde_core::{Sde, SubVpSde, VeSde, VpSde};
 use sde_solvers::likelihood::{
-    bits_per_dim, reference_bits_per_dim, uniform_dequantize, DivergenceEstimator, HutchinsonProbe,
-    Likelihood, LikelihoodOptions, LikelihoodOutput,
+    bits_per_dim, dequantize_levels, reference_bits_per_dim, DataRange, DivergenceEstimator,
+    HutchinsonProbe, Likelihood, LikelihoodOptions, LikelihoodOutput,
 };
 use sde_solvers::ode::{ErrorNorm, OdeMethod, Rk45Options};
 
@@ -263,9 +263,10 @@ fn bits_per_dim_conversions() {
     let ln2 = std::f64::consts::LN_2;
     // 8-bit data in [0, 1]: +8; in [-1, 1]: +7 — the reference's offsets for the identity and
     // the centring scaler (inverse_scaler(-1) = -1 resp. 0).
-    for ((lo, hi), inv_m1) in [((0.0f64, 1.0f64), -1.0), ((-1.0, 1.0), 0.0)] {
+    for range in [DataRange::ZeroOne, DataRange::MinusOneOne] {
+        let (lo, hi) = range.bounds();
         let a = host(&bits_per_dim(&log_p, d, 8, (lo, hi)).unwrap());
-        let b = host(&reference_bits_per_dim(&log_p, d, inv_m1).unwrap());
+        let b = host(&reference_bits_per_dim(&log_p, d, range).unwrap());
         for (i, lp) in [-3.0f64, 1.5].iter().enumerate() {
             let want = -lp / (d as f64 * ln2) + 8.0 - (hi - lo).log2();
             assert!((a[i] - want).abs() < 1e-12 && (b[i] - want).abs() < 1e-12);
@@ -287,7 +288,7 @@ fn dequantization_stays_in_its_bin() {
         .unwrap()
         .affine(1.0 / 255.0, 0.0)
         .unwrap();
-    let y = host(&uniform_dequantize(&x, 8, (0.0, 1.0), &mut rng).unwrap());
+    let y = host(&dequantize_levels(&x, 8, (0.0, 1.0), &mut rng).unwrap());
     for (i, v) in y.iter().enumerate() {
         assert!(
             *v >= i as f64 / 256.0 - 1e-6 && *v < (i + 1) as f64 / 256.0 + 1e-6,
@@ -295,7 +296,7 @@ fn dequantization_stays_in_its_bin() {
         );
     }
     let out_of_range = Tensor::new(&[[1.5f32]], &Device::Cpu).unwrap();
-    assert!(uniform_dequantize(&out_of_range, 8, (0.0, 1.0), &mut rng).is_err());
+    assert!(dequantize_levels(&out_of_range, 8, (0.0, 1.0), &mut rng).is_err());
 }
 
 #[test]

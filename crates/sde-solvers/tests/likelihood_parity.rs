@@ -45,7 +45,10 @@ fn case<S: Sde>(sde: &S, name: &str, s: f64) {
             .unwrap();
         let want_nfe = v[&format!("{name}.{probe}.nfe")].to_vec1::<i64>().unwrap()[0] as usize;
         assert_eq!(out.nfe, want_nfe, "{name}.{probe}: nfe");
-        let bpd = host(&out.reference_bits_per_dim(0.0).unwrap());
+        let bpd = host(
+            &out.reference_bits_per_dim(sde_solvers::likelihood::DataRange::MinusOneOne)
+                .unwrap(),
+        );
         let d_ref = max_abs_diff(&bpd, &host(&v[&format!("{name}.{probe}.bpd")]));
         let d_exact = max_abs_diff(&bpd, &host(&v[&format!("{name}.{probe}.bpd_analytic")]));
         assert!(d_ref < 1e-4, "{name}.{probe}: |bpd - reference| = {d_ref}");

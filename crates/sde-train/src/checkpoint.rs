@@ -3,10 +3,19 @@
 //!
 //! Layout: tensors `model/<name>`, `ema/<name>`, `adam.m/<name>`, `adam.v/<name>` (names as in
 //! the model's `VarMap`); the safetensors header metadata holds `format`
-//! (`sde-train-checkpoint/1`), `step`, `adam_step`, `ema_decay`, `ema_num_updates`, the ChaCha
-//! RNG state (`rng_seed` hex, `rng_stream`, `rng_word_pos`), `config` (JSON) and `checksum`
-//! (FNV-1a 64 of every tensor's bytes in header order), so a flipped bit in the data is caught
-//! even where the safetensors framing still parses.
+//! (`sde-train-checkpoint/2`), `step`, `adam_step`, `ema_decay`, `ema_num_updates`, the ChaCha
+//! RNG state (`rng_seed` hex, `rng_stream`, `rng_word_pos`), `config` (JSON) and `checksum`.
+//!
+//! The checksum (FNV-1a 64) covers everything else in the file: every metadata entry but
+//! itself (key and value, in key order) and every tensor's name, dtype, shape and bytes (in name
+//! order), each length-prefixed. So an edited step, RNG state, Adam step, EMA count or config,
+//! an added or removed metadata key, a renamed tensor and a flipped bit in the data are all
+//! caught even where the safetensors framing still parses. Format 1 files (whose metadata was
+//! outside the checksum) are refused with [`Error::UnsupportedCheckpointVersion`].
+//!
+//! Writes go through a temporary sibling `.<name>.tmp-<pid>` ([`write_atomic`]); one left by a
+//! process killed mid-write is removed by [`remove_stale_temp_files`], which
+//! [`crate::Trainer::with_checkpoint_dir`] runs on start.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,7 +27,10 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use crate::error::{Error, Result};
 
 /// Format tag written to and required in every checkpoint.
-pub const CHECKPOINT_FORMAT: &str = "sde-train-checkpoint/1";
+pub const CHECKPOINT_FORMAT: &str = "sde-train-checkpoint/2";
+
+/// The metadata key of the checksum (the one entry it does not cover).
+const CHECKSUM_KEY: &str = "checksum";
 
 /// The exact state of a ChaCha RNG (`rand_chacha`): key, stream and word position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +99,37 @@ fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
     h
 }
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// [`fnv1a`] of `bytes` preceded by their length, so that concatenations are unambiguous.
+fn fnv1a_field(h: u64, bytes: &[u8]) -> u64 {
+    fnv1a(fnv1a(h, &(bytes.len() as u64).to_le_bytes()), bytes)
+}
+
+/// The format-2 checksum: every metadata entry but [`CHECKSUM_KEY`] (in key order), then every
+/// tensor's name, dtype, shape and bytes (in name order).
+fn checksum_v2<'a>(
+    meta: &HashMap<String, String>,
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> u64 {
+    let mut keys: Vec<&String> = meta.keys().filter(|k| *k != CHECKSUM_KEY).collect();
+    keys.sort();
+    let mut h = FNV_OFFSET;
+    for k in keys {
+        h = fnv1a_field(h, k.as_bytes());
+        h = fnv1a_field(h, meta[k].as_bytes());
+    }
+    for (name, dtype, shape, data) in tensors {
+        h = fnv1a_field(h, name.as_bytes());
+        h = fnv1a_field(h, format!("{dtype:?}").as_bytes());
+        let dims: Vec<u8> = shape
+            .iter()
+            .flat_map(|d| (*d as u64).to_le_bytes())
+            .collect();
+        h = fnv1a_field(h, &dims);
+        h = fnv1a_field(h, data);
+    }
+    h
+}
 
 /// Host bytes of a tensor: f64 stays f64, every other float dtype is stored as f32 (exact for
 /// f16 / bf16 and converted back on load).
@@ -176,7 +219,6 @@ pub fn save_checkpoint(path: impl AsRef<Path>, ckpt: &Checkpoint) -> Result<()> 
     }
     // safetensors orders the data by name; hash in that order.
     owned.sort_by(|a, b| a.0.cmp(&b.0));
-    let checksum = owned.iter().fold(FNV_OFFSET, |h, (_, _, _, b)| fnv1a(h, b));
     let mut views = Vec::with_capacity(owned.len());
     for (name, dt, shape, bytes) in &owned {
         let v = TensorView::new(*dt, shape.clone(), bytes)
@@ -184,7 +226,7 @@ pub fn save_checkpoint(path: impl AsRef<Path>, ckpt: &Checkpoint) -> Result<()> 
         views.push((name.clone(), v));
     }
     let seed_hex: String = ckpt.rng.seed.iter().map(|b| format!("{b:02x}")).collect();
-    let meta: HashMap<String, String> = [
+    let mut meta: HashMap<String, String> = [
         ("format", CHECKPOINT_FORMAT.to_string()),
         ("step", ckpt.step.to_string()),
         ("adam_step", ckpt.adam_step.to_string()),
@@ -198,17 +240,25 @@ pub fn save_checkpoint(path: impl AsRef<Path>, ckpt: &Checkpoint) -> Result<()> 
         ("rng_stream", ckpt.rng.stream.to_string()),
         ("rng_word_pos", ckpt.rng.word_pos.to_string()),
         ("config", serde_json::to_string(&ckpt.config)?),
-        ("checksum", format!("{checksum:016x}")),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    let checksum = checksum_v2(
+        &meta,
+        owned
+            .iter()
+            .map(|(n, dt, shape, b)| (n.as_str(), *dt, shape.as_slice(), b.as_slice())),
+    );
+    meta.insert(CHECKSUM_KEY.to_string(), format!("{checksum:016x}"));
     let bytes = safetensors::tensor::serialize(views, Some(meta))
         .map_err(|e| corrupt(path, format!("cannot serialise: {e}")))?;
     write_atomic(path, &bytes)
 }
 
-/// Atomic file write: temporary sibling, `write_all`, `sync_all`, `rename`, directory `fsync`.
+/// Atomic file write: temporary sibling `.<file name>.tmp-<pid>`, `write_all`, `sync_all`,
+/// `rename`, directory `fsync`. On an error the temporary file is removed; one left by a process
+/// killed mid-write is removed by [`remove_stale_temp_files`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -218,7 +268,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "checkpoint".into());
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(temp_name(&file_name, std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -236,6 +286,66 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// The temporary sibling [`write_atomic`] writes `file_name` through, in process `pid`.
+fn temp_name(file_name: &str, pid: u32) -> String {
+    format!(".{file_name}.tmp-{pid}")
+}
+
+/// The pid of a [`write_atomic`] temporary file name (`.<name>.tmp-<pid>`), if it is one.
+fn temp_pid(name: &str) -> Option<u32> {
+    let (stem, pid) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    if stem.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` may still be writing: this process, or (where `/proc` exists) a
+/// running one. Without `/proc` only this process counts.
+fn writer_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    proc.is_dir() && proc.join(pid.to_string()).exists()
+}
+
+/// Removes the temporary files `.<name>.tmp-<pid>` that [`write_atomic`] left in `dir` when its
+/// process was killed mid-write (a partial checkpoint, possibly tens of MB), and returns their
+/// paths. Files of a process still running (this one, or a live pid under `/proc`) are kept,
+/// as is everything else in `dir`. A missing `dir` has nothing to clean.
+///
+/// [`crate::Trainer::with_checkpoint_dir`] calls it on start.
+pub fn remove_stale_temp_files(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let dir = dir.as_ref();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temp_pid(&name) else {
+            continue;
+        };
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if !is_file || writer_alive(pid) {
+            continue;
+        }
+        let p = entry.path();
+        match std::fs::remove_file(&p) {
+            Ok(()) => removed.push(p),
+            // another process cleaned it first
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&p, e)),
+        }
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 fn meta_get<'m>(path: &Path, meta: &'m HashMap<String, String>, key: &str) -> Result<&'m str> {
@@ -277,20 +387,38 @@ pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<Checkpoint> {
         .ok_or_else(|| corrupt(path, "no metadata (not an sde-train checkpoint)"))?;
     let format = meta_get(path, &meta, "format")?;
     if format != CHECKPOINT_FORMAT {
-        return Err(Error::CheckpointMismatch {
+        return Err(Error::UnsupportedCheckpointVersion {
             path: path.to_path_buf(),
-            what: format!("format {format:?}, this version reads {CHECKPOINT_FORMAT:?}"),
+            found: format.to_string(),
+            supported: CHECKPOINT_FORMAT,
         });
     }
     let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
     names.sort();
-    let mut checksum = FNV_OFFSET;
-    let mut lists: [Vec<(String, Tensor)>; 4] = Default::default();
+    let mut views = Vec::with_capacity(names.len());
     for name in &names {
         let v = st
             .tensor(name)
             .map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
-        checksum = fnv1a(checksum, v.data());
+        views.push(v);
+    }
+    // Verify before interpreting anything: the checksum covers every metadata entry too.
+    let checksum = checksum_v2(
+        &meta,
+        names
+            .iter()
+            .zip(&views)
+            .map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
+    );
+    let want = meta_get(path, &meta, CHECKSUM_KEY)?;
+    if want != format!("{checksum:016x}") {
+        return Err(corrupt(
+            path,
+            format!("checksum mismatch (stored {want}, the file hashes to {checksum:016x}): the metadata or tensor data was edited or damaged"),
+        ));
+    }
+    let mut lists: [Vec<(String, Tensor)>; 4] = Default::default();
+    for (name, v) in names.iter().zip(&views) {
         let (slot, short) = match name.split_once('/') {
             Some(("model", n)) => (0, n),
             Some(("ema", n)) => (1, n),
@@ -298,14 +426,7 @@ pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<Checkpoint> {
             Some(("adam.v", n)) => (3, n),
             _ => return Err(corrupt(path, format!("unexpected tensor name {name:?}"))),
         };
-        lists[slot].push((short.to_string(), view_tensor(path, name, &v)?));
-    }
-    let want = meta_get(path, &meta, "checksum")?;
-    if want != format!("{checksum:016x}") {
-        return Err(corrupt(
-            path,
-            format!("checksum mismatch (stored {want}, data hashes to {checksum:016x}): the tensor data is damaged"),
-        ));
+        lists[slot].push((short.to_string(), view_tensor(path, name, v)?));
     }
     let seed_hex = meta_get(path, &meta, "rng_seed")?;
     let mut seed = [0u8; 32];

@@ -233,17 +233,34 @@ pub fn load_image_folder(dir: impl AsRef<Path>, size: usize) -> Result<Tensor> {
     Ok(Tensor::cat(&imgs, 0)?)
 }
 
-/// Writes images `x: [B, C, H, W]` (C = 1 or 3, values in [0, 1], clamped) as one PNG grid
-/// with `nrow` images per row and 2 pixels of black padding (`torchvision.utils.make_grid`
-/// + `save_image`, as the reference's sampling snapshots).
+/// Writes images `x: [B, C, H, W]` (C = 1 or 3, float values in [0, 1], clamped) as one PNG
+/// file: a grid with `nrow` images per row and 2 pixels of black padding
+/// (`torchvision.utils.make_grid` + `save_image`, as the reference's sampling snapshots),
+/// written atomically. The in-memory tiling of host values for the examples is
+/// `scoresde::plot::image_grid`.
 #[doc(alias = "save_image")]
 #[doc(alias = "make_grid")]
-pub fn image_grid(x: &Tensor, nrow: usize, path: impl AsRef<Path>) -> Result<()> {
+#[doc(alias = "image_grid")]
+pub fn save_image_grid(x: &Tensor, nrow: usize, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
+    if x.rank() != 4 {
+        return Err(Error::ShapeMismatch {
+            what: "save_image_grid input x",
+            expected: "[B, C, H, W] (rank 4)".into(),
+            got: format!("{:?}", x.dims()),
+        });
+    }
+    if !x.dtype().is_float() {
+        return Err(Error::ShapeMismatch {
+            what: "save_image_grid input x dtype",
+            expected: "a float dtype (values in [0, 1])".into(),
+            got: format!("{:?}", x.dtype()),
+        });
+    }
     let (b, c, h, w) = x.dims4()?;
     if !(c == 1 || c == 3) || b == 0 || nrow == 0 {
         return Err(Error::ShapeMismatch {
-            what: "image_grid input",
+            what: "save_image_grid input",
             expected: "[B ≥ 1, 1 or 3, H, W] and nrow ≥ 1".into(),
             got: format!("{:?}, nrow {nrow}", x.dims()),
         });

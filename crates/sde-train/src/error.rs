@@ -67,6 +67,17 @@ pub enum Error {
         /// What differs.
         what: String,
     },
+    /// A checkpoint of another format version (e.g. format 1, whose metadata was outside the
+    /// checksum): re-save it with the version that wrote it, or start afresh.
+    #[error("checkpoint {path} has format {found:?}; this version reads only {supported:?}")]
+    UnsupportedCheckpointVersion {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The `format` tag found in the file.
+        found: String,
+        /// The format this version reads.
+        supported: &'static str,
+    },
     /// A user hook or gradient reducer failed.
     #[error("hook failed: {0}")]
     Hook(#[source] Box<dyn std::error::Error + Send + Sync>),

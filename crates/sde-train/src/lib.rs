@@ -11,7 +11,7 @@
 //! - **Optimisation**: [`Adam`] (torch semantics, warm-up, gradient-norm clipping) and [`Ema`]
 //!   (the reference's `num_updates` warm-up), both checkpointable.
 //! - **The loop** ([`Trainer`]): progress bar, JSON-lines log, EMA evaluation loss, hooks every
-//!   k steps and at checkpoints (sample and write a PNG with [`image_grid`] there), and a
+//!   k steps and at checkpoints (sample and write a PNG with [`save_image_grid`] there), and a
 //!   gradient all-reduce seam ([`GradientReducer`]) for data-parallel training.
 //! - **Checkpoints** ([`save_checkpoint`], [`Trainer::resume`]): safetensors with model, EMA,
 //!   Adam moments, step, RNG state and config; atomic writes; resumption is bit-exact on CPU;
@@ -80,13 +80,13 @@ mod trainer;
 mod transforms;
 
 pub use checkpoint::{
-    load_checkpoint, load_weights, save_checkpoint, write_atomic, Checkpoint, RngState, Weights,
-    CHECKPOINT_FORMAT,
+    load_checkpoint, load_weights, remove_stale_temp_files, save_checkpoint, write_atomic,
+    Checkpoint, RngState, Weights, CHECKPOINT_FORMAT,
 };
 pub use data::{BatchSource, ShuffledBatches, Toy2d, ToyBatches};
 pub use datasets::{
-    image_grid, load_cifar10, load_cifar10_dir, load_idx, load_image_folder, load_mnist_images,
-    load_mnist_labels, resize_center_crop, CIFAR10_RECORD,
+    load_cifar10, load_cifar10_dir, load_idx, load_image_folder, load_mnist_images,
+    load_mnist_labels, resize_center_crop, save_image_grid, CIFAR10_RECORD,
 };
 pub use discrete::{draw_labels, DdpmLoss, SmldLoss};
 pub use ema::Ema;

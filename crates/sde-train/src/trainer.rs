@@ -230,10 +230,13 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
         Ok(self)
     }
 
-    /// Writes `checkpoint_<step>.safetensors` into `dir` (created if needed).
+    /// Writes `checkpoint_<step>.safetensors` into `dir` (created if needed), after removing
+    /// the temporary files a run killed mid-write left there
+    /// ([`crate::remove_stale_temp_files`]).
     pub fn with_checkpoint_dir(mut self, dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        crate::checkpoint::remove_stale_temp_files(&dir)?;
         self.checkpoint_dir = Some(dir);
         Ok(self)
     }

@@ -7,9 +7,25 @@ use sde_core::noise::NoiseSource;
 
 use crate::error::{Error, Result};
 
+/// [`Error::ShapeMismatch`] naming `func` unless `x` has a float dtype: the affine maps below
+/// would truncate in an integer dtype.
+fn check_float(func: &'static str, x: &Tensor) -> Result<()> {
+    if x.dtype().is_float() {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            what: func,
+            expected: "a float tensor (f16, bf16, f32 or f64)".into(),
+            got: format!("dtype {:?}", x.dtype()),
+        })
+    }
+}
+
 /// The data scaler (`datasets.get_data_scaler`): x ∈ [0, 1] ↦ 2x − 1 when `centered`, else x.
+/// `x` must be a float tensor.
 #[doc(alias = "get_data_scaler")]
 pub fn scaler(x: &Tensor, centered: bool) -> Result<Tensor> {
+    check_float("scaler input x", x)?;
     Ok(if centered {
         x.affine(2.0, -1.0)?
     } else {
@@ -18,9 +34,10 @@ pub fn scaler(x: &Tensor, centered: bool) -> Result<Tensor> {
 }
 
 /// The inverse scaler (`datasets.get_data_inverse_scaler`): x ↦ (x + 1)/2 when `centered`,
-/// else x.
+/// else x. `x` must be a float tensor.
 #[doc(alias = "get_data_inverse_scaler")]
 pub fn inverse_scaler(x: &Tensor, centered: bool) -> Result<Tensor> {
+    check_float("inverse_scaler input x", x)?;
     Ok(if centered {
         x.affine(0.5, 0.5)?
     } else {
@@ -28,10 +45,35 @@ pub fn inverse_scaler(x: &Tensor, centered: bool) -> Result<Tensor> {
     })
 }
 
-/// Uniform dequantisation of 8-bit data in [0, 1] (Theis et al. 2016): x ↦ (255 x + u)/256,
-/// u ~ U(0, 1) elementwise, so that a continuous density's log-likelihood bounds the discrete
-/// one (used for bits/dim evaluation).
+/// Uniform dequantisation of 8-bit data in [0, 1] (Theis et al. 2016), the reference's
+/// `uniform_dequantization` (`run_lib.evaluate`): x ↦ (255 x + u)/256, u ~ U(0, 1)
+/// elementwise, so that a continuous density's log-likelihood bounds the discrete one (used for
+/// bits/dim evaluation). `x` must be a float tensor with every value finite and in [0, 1]
+/// (otherwise [`Error::InvalidParameter`] naming `x`: the result would leave [0, 1]). For other
+/// bit depths and ranges, with rounding to the levels, see
+/// `sde_solvers::likelihood::dequantize_levels`.
+#[doc(alias = "uniform_dequantization")]
 pub fn uniform_dequantize<N: NoiseSource + ?Sized>(x: &Tensor, noise: &mut N) -> Result<Tensor> {
+    check_float("uniform_dequantize input x", x)?;
+    if x.elem_count() > 0 {
+        let lo = x.min_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let hi = x.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        // NaN fails both comparisons (and candle's min/max propagate it or skip it: check both)
+        let finite = sde_core::ensure_finite(x, String::new).is_ok();
+        if !(finite && lo >= 0.0 && hi <= 1.0) {
+            return Err(Error::InvalidParameter {
+                name: "x",
+                value: if !finite {
+                    f64::NAN
+                } else if lo < 0.0 {
+                    lo
+                } else {
+                    hi
+                },
+                reason: "uniform_dequantize needs finite data in [0, 1]",
+            });
+        }
+    }
     let u = noise.rand_uniform(x.shape(), x.device(), x.dtype())?;
     Ok((x.affine(255.0, 0.0)? + u)?.affine(1.0 / 256.0, 0.0)?)
 }

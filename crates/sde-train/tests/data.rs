@@ -6,9 +6,9 @@ use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use sde_core::to_host_f64;
 use sde_train::{
-    image_grid, inverse_scaler, load_cifar10, load_idx, load_image_folder, load_mnist_images,
-    load_mnist_labels, random_flip, scaler, uniform_dequantize, BatchSource, Error,
-    ShuffledBatches, Toy2d, CIFAR10_RECORD,
+    inverse_scaler, load_cifar10, load_idx, load_image_folder, load_mnist_images,
+    load_mnist_labels, random_flip, save_image_grid, scaler, uniform_dequantize, BatchSource,
+    Error, ShuffledBatches, Toy2d, CIFAR10_RECORD,
 };
 
 fn rng(s: u64) -> rand::rngs::StdRng {
@@ -344,7 +344,7 @@ fn image_folder_resize_crop_and_grid() {
     assert!(b.iter().all(|v| (v - 10.0 / 255.0).abs() < 0.02), "{b:?}");
 
     let grid = dir.join("grid.png");
-    image_grid(&x, 2, &grid).unwrap();
+    save_image_grid(&x, 2, &grid).unwrap();
     let g = image::open(&grid).unwrap().to_rgb8();
     assert_eq!(g.dimensions(), (2 * (4 + 2) + 2, 4 + 2 + 2));
     assert_eq!(g.get_pixel(0, 0).0, [0, 0, 0], "padding");
@@ -353,7 +353,7 @@ fn image_folder_resize_crop_and_grid() {
         (p[0] as i32 - 10).abs() <= 5 && (p[2] as i32 - 30).abs() <= 5,
         "{p:?}"
     );
-    assert!(image_grid(
+    assert!(save_image_grid(
         &Tensor::zeros((1, 2, 4, 4), DType::F32, &Device::Cpu).unwrap(),
         1,
         &grid

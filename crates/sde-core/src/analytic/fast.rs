@@ -260,6 +260,11 @@ fn points(x: &[f32], out: &mut [f32], v: Probe, c: &Consts32, s: &mut Scratch) {
     }
 }
 
+/// [`points`] compiled with AVX2 enabled.
+///
+/// # Safety
+/// The CPU running it must support AVX2 (and the OS must save the AVX registers): that is the
+/// only precondition, the one `#[target_feature]` adds. The body is safe, bounds-checked code.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn points_avx2(x: &[f32], out: &mut [f32], v: Probe, c: &Consts32, s: &mut Scratch) {
@@ -281,7 +286,9 @@ pub(super) fn points_dispatch(x: &[f32], out: &mut [f32], v: Probe, c: &Consts32
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked at run time).
+                // SAFETY: `points_avx2`'s one precondition is AVX2 support on the running CPU,
+                // which `is_x86_feature_detected!` has just confirmed (it also checks that the
+                // OS enables the AVX state). The arguments are ordinary safe references.
                 unsafe { points_avx2(x, out, v, c, s) };
                 return;
             }

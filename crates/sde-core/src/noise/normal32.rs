@@ -153,6 +153,11 @@ fn block_portable(key: u64, out: &mut [f32]) {
     }
 }
 
+/// [`block_portable`] compiled with AVX2 enabled.
+///
+/// # Safety
+/// The CPU running it must support AVX2 (and the OS must save the AVX registers): that is the
+/// only precondition, the one `#[target_feature]` adds. The body is safe, bounds-checked code.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn block_avx2(key: u64, out: &mut [f32]) {
@@ -164,7 +169,9 @@ pub(super) fn block(key: u64, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked at run time).
+            // SAFETY: `block_avx2`'s one precondition is AVX2 support on the running CPU, which
+            // `is_x86_feature_detected!` has just confirmed (it also checks that the OS enables
+            // the AVX state). The arguments are ordinary safe references.
             unsafe { block_avx2(key, out) };
             return;
         }

@@ -65,7 +65,8 @@ impl FixedStep {
 
     /// Integrates from `x(t0) = x0` to `t1` with steps h = (t1 − t0)/`n_steps` (forwards or
     /// backwards). `rhs` takes `(x, t)` with `t: [B]` in `x0`'s dtype. Checks the state for
-    /// NaN/∞ after every step ([`Error::NonFinite`]).
+    /// NaN/∞ after every step ([`Error::NonFinite`]). `x0` must be a float tensor of rank ≥ 1
+    /// ([`sde_core::Error::DType`] as [`Error::Core`], [`Error::ShapeMismatch`]).
     pub fn solve<R: OdeRhs + ?Sized>(
         &self,
         rhs: &R,
@@ -89,11 +90,12 @@ impl FixedStep {
         }
         if x0.rank() == 0 {
             return Err(Error::ShapeMismatch {
-                what: "ODE initial state",
+                what: "FixedStep::solve initial state x0",
                 expected: "[B, ...] (rank >= 1)".into(),
-                got: "a scalar".into(),
+                got: "a scalar (shape [])".into(),
             });
         }
+        sde_core::check_float("FixedStep::solve", "x0", x0)?;
         let batch = x0.dim(0)?;
         let (dtype, dev) = (x0.dtype(), x0.device().clone());
         let h = (t1 - t0) / self.n_steps as f64;

@@ -186,9 +186,14 @@ impl Layout {
         Ok(sde_core::from_host_f64(v, dev, dtype)?)
     }
 
-    /// Scaled RMS norm √(mean (x/scale)²) per group.
+    /// Scaled RMS norm √(mean (x/scale)²) per group, in float32 at least: in half precision
+    /// x/scale overflows at the default tolerances (1/atol = 1e5 > f16::MAX).
     fn rms(&self, x: &Tensor, scale: &Tensor) -> Result<Vec<f64>> {
-        let q = (x / scale)?.sqr()?;
+        let q = match x.dtype() {
+            DType::F16 | DType::BF16 => (x.to_dtype(DType::F32)? / scale.to_dtype(DType::F32)?)?,
+            _ => (x / scale)?,
+        }
+        .sqr()?;
         if !self.per_sample {
             let ss = q.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             return Ok(vec![(ss / self.group_numel).sqrt()]);
@@ -271,7 +276,9 @@ impl Rk45 {
     ///
     /// Errors: [`Error::NonFinite`] when the state or the right-hand side stops being finite,
     /// [`Error::MaxSteps`] after `max_steps` attempts, [`Error::StepSizeTooSmall`] when the step
-    /// falls below 10 ulp of t, [`Error::ShapeMismatch`] when `rhs` changes the shape.
+    /// falls below 10 ulp of t, [`Error::ShapeMismatch`] when `rhs` changes the shape or `x0` is
+    /// a scalar, [`sde_core::Error::DType`] (as [`Error::Core`]) for an integer `x0`. An empty
+    /// batch or `t0 == t1` returns `x0` with no evaluation.
     #[doc(alias = "solve_ivp")]
     pub fn solve<R: OdeRhs + ?Sized>(
         &self,
@@ -297,11 +304,12 @@ impl Rk45 {
         }
         if x0.rank() == 0 {
             return Err(Error::ShapeMismatch {
-                what: "ODE initial state",
+                what: "Rk45::solve initial state x0",
                 expected: "[B, ...] (rank >= 1)".into(),
-                got: "a scalar".into(),
+                got: "a scalar (shape [])".into(),
             });
         }
+        sde_core::check_float("Rk45::solve", "x0", x0)?;
         let batch = x0.dim(0)?;
         if t0 == t1 || x0.elem_count() == 0 {
             return Ok(OdeSolution {
