@@ -202,18 +202,8 @@ fn main() -> AnyResult<()> {
     )?;
     toy::trajectories_png(&a.out.join("trajectories.png"), &paths, &data, range)?;
 
-    toy::print_quality(
-        "annealed Langevin (NCSN)",
-        &q_ald,
-        ald_out.nfe,
-        ald_s,
-    );
-    toy::print_quality(
-        "PC: reverse diffusion+Langevin",
-        &q_pc,
-        pc_out.nfe,
-        pc_s,
-    );
+    toy::print_quality("annealed Langevin (NCSN)", &q_ald, ald_out.nfe, ald_s);
+    toy::print_quality("PC: reverse diffusion+Langevin", &q_pc, pc_out.nfe, pc_s);
     toy::print_quality("reverse diffusion only", &q_rd, rd_out.nfe, 0.0);
     let mut fast_json = serde_json::Value::Null;
     if let Some((name, out, secs)) = &fast {

@@ -153,8 +153,11 @@ impl PerSampleNoise {
     }
 
     fn stream(&self, sample: u64) -> rand::rngs::StdRng {
-        // SplitMix64-style mixing of (seed, sample, counter) into one 64-bit key.
-        let mut z = self.seed ^ 0x9E37_79B9_7F4A_7C15;
+        // SplitMix64-style mixing of (seed, sample, counter) into one 64-bit key. The seed is
+        // mixed on its own first: adding the sample to a merely xored seed made (seed 1,
+        // sample k + 1) the stream of (seed 0, sample k), so runs with adjacent seeds shared
+        // their samples shifted by one.
+        let mut z = splitmix64(&mut self.seed.clone());
         for w in [sample, self.counter] {
             z = z.wrapping_add(w).wrapping_add(0x9E37_79B9_7F4A_7C15);
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

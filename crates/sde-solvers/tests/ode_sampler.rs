@@ -184,7 +184,10 @@ fn fixed_step_methods_approach_rk45() {
         let (x, nfe) = decode(OdeMethod::Fixed(FixedStep::new(m, n).unwrap()));
         // the steps' evaluations, plus the denoising one (on by default)
         let denoise = usize::from(OdeSamplerOptions::default().denoise);
-        assert_eq!(nfe, n * FixedStep::new(m, n).unwrap().evals_per_step() + denoise);
+        assert_eq!(
+            nfe,
+            n * FixedStep::new(m, n).unwrap().evals_per_step() + denoise
+        );
         x.iter()
             .zip(&reference)
             .map(|(a, b)| (a - b).abs())

@@ -42,7 +42,8 @@ use crate::step::StepCtx;
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
 /// let out = PcSampler::new(AncestralSamplingPredictor, NoCorrector)
 ///     .sample(&sde, &score, (2, 2), &Device::Cpu, DType::F32, &mut rng)?;
-/// assert_eq!(out.nfe, 100);
+/// // 50 evaluations made; the reference reports N · (n_steps_each + 1) = 100
+/// assert_eq!((out.nfe, out.nfe_nominal), (50, 100));
 /// # Ok::<(), sde_solvers::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
