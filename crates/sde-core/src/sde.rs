@@ -362,18 +362,7 @@ pub fn standard_normal_logp(z: &Tensor, sigma: f64) -> Result<Tensor> {
 /// Per-sample coefficients computed on the host in f64 from validated times: `[B]` tensors on
 /// `t`'s device in `t`'s dtype. Used by the built-in SDEs for numerically careful formulas
 /// (`expm1`, `ln_1p`) that candle has no op for. `f` runs once per run of equal times (once per
-/// call for a sampler's shared time).
-#[allow(dead_code)] // kept for SDE methods without a function name to report
-pub(crate) fn host_coeff(
-    sde_t_end: f64,
-    x: &Tensor,
-    t: &Tensor,
-    f: impl Fn(f64) -> f64,
-) -> Result<Tensor> {
-    host_coeff_in("Sde", sde_t_end, x, t, f)
-}
-
-/// [`host_coeff`] with errors naming the calling function `func`.
+/// call for a sampler's shared time). Errors name the calling function `func`.
 pub(crate) fn host_coeff_in(
     func: &'static str,
     sde_t_end: f64,
@@ -386,18 +375,7 @@ pub(crate) fn host_coeff_in(
         .tensor(t.device(), t.dtype())
 }
 
-/// Two coefficients at once (one pass over the times).
-#[allow(dead_code)] // kept for SDE methods without a function name to report
-pub(crate) fn host_coeff2(
-    sde_t_end: f64,
-    x: &Tensor,
-    t: &Tensor,
-    f: impl Fn(f64) -> (f64, f64),
-) -> Result<(Tensor, Tensor)> {
-    host_coeff2_in("Sde", sde_t_end, x, t, f)
-}
-
-/// [`host_coeff2`] with errors naming the calling function `func`.
+/// Two coefficients at once (one pass over the times), as [`host_coeff_in`].
 pub(crate) fn host_coeff2_in(
     func: &'static str,
     sde_t_end: f64,

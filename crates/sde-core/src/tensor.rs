@@ -94,7 +94,7 @@ impl PerSample<f64> {
 
     /// The times `t` for `x` ([`check_time`]'s checks: shape `[x.dim(0)]`, finite, in
     /// `[0, T]`).
-    #[allow(dead_code)] // kept for SDE methods without a function name to report
+    #[cfg(test)]
     pub(crate) fn times(x: &Tensor, t: &Tensor, t_end: f64) -> Result<Self> {
         Self::times_in("Sde", x, t, t_end)
     }
