@@ -85,7 +85,10 @@ impl<F: ScoreFn + ?Sized> ScoreFn for CheckedScore<'_, F> {
         self.calls.set(self.calls.get() + 1);
         let s = self.inner.score(x, t)?;
         self.check(x, &s)?;
-        Ok(s)
+        // Sampling never differentiates: a network with trainable variables returns its output
+        // with the whole forward graph attached, which a multistep history would keep alive
+        // (gigabytes for an image network). Detached, only the values stay.
+        Ok(s.detach())
     }
     fn score_with_vjp(
         &self,

@@ -114,7 +114,8 @@ impl<'a, S: Sde + ?Sized, F: ScoreFn + ?Sized> OdeSampler<'a, S, F> {
         let xm = x.to_dtype(dtype)?;
         let tm = t.to_dtype(dtype)?;
         let (drift, _) = ReverseSde::new(self.sde, self.score, true).sde(&xm, &tm)?;
-        Ok(drift.to_dtype(x.dtype())?)
+        // RK45 keeps seven stages: without `detach` each would keep a network's forward graph.
+        Ok(drift.to_dtype(x.dtype())?.detach())
     }
 
     fn integrate(&self, x: &Tensor, t0: f64, t1: f64) -> Result<OdeSolution> {
@@ -170,7 +171,7 @@ impl<'a, S: Sde + ?Sized, F: ScoreFn + ?Sized> OdeSampler<'a, S, F> {
     pub fn denoise(&self, x: &Tensor) -> Result<Tensor> {
         let eps = sde_core::time_tensor(self.opts.sampling_eps, x.dim(0)?, x.device(), x.dtype())?;
         let (rev_f, _) = ReverseSde::new(self.sde, self.score, false).discretize(x, &eps)?;
-        let out = (x - rev_f)?;
+        let out = (x - rev_f)?.detach();
         sde_core::ensure_finite(&out, String::new).map_err(|_| Error::NonFinite {
             what: "denoised sample".into(),
             step: 1,
