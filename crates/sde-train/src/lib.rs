@@ -94,7 +94,7 @@ pub use error::{Error, Result};
 pub use importance::ImportanceSampler;
 pub use loss::{SdeLoss, SdeLossOptions, TrainingLoss};
 pub use mnist5k::{mnist5k, Split, MNIST5K_README};
-pub use optim::{named_vars, Adam, AdamConfig, StepStats};
+pub use optim::{named_vars, Adam, AdamConfig, LrDecay, StepStats};
 pub use parallel::GradientReducer;
 pub use ssm::{Projection, SlicedScoreMatching, SsmOptions};
 pub use trainer::{

@@ -182,3 +182,38 @@ fn adam_and_ema_tensor_path_f64() {
         }
     }
 }
+
+#[test]
+fn cosine_decay_follows_its_formula_after_the_warm_up() {
+    use sde_train::LrDecay;
+    let cfg = AdamConfig {
+        lr: 1e-3,
+        warmup: 10,
+        decay: LrDecay::Cosine { total_steps: 110 },
+        ..Default::default()
+    };
+    cfg.validate().unwrap();
+    // warm-up: linear from 0
+    assert_eq!(cfg.lr_at(0), 0.0);
+    assert!((cfg.lr_at(5) - 5e-4).abs() < 1e-15);
+    // peak at the end of the warm-up, half way down at the midpoint, 0 at and after the end
+    assert!((cfg.lr_at(10) - 1e-3).abs() < 1e-15);
+    assert!((cfg.lr_at(60) - 5e-4).abs() < 1e-12);
+    let k = 35u64; // a quarter of the way: ½(1 + cos(π/4))
+    let want = 1e-3 * 0.5 * (1.0 + std::f64::consts::FRAC_PI_4.cos());
+    assert!((cfg.lr_at(k) - want).abs() < 1e-15);
+    assert!(cfg.lr_at(110).abs() < 1e-18);
+    assert!(cfg.lr_at(500).abs() < 1e-18);
+    // monotone after the warm-up
+    assert!((10..110).all(|k| cfg.lr_at(k + 1) <= cfg.lr_at(k)));
+    // the constant default is the reference's
+    assert_eq!(AdamConfig::default().decay, LrDecay::Constant);
+    // a decay that ends inside the warm-up is a typed error naming the field
+    let bad = AdamConfig {
+        warmup: 100,
+        decay: LrDecay::Cosine { total_steps: 50 },
+        ..Default::default()
+    };
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("decay.total_steps"), "{e}");
+}
