@@ -89,6 +89,22 @@ impl DdpmConfig {
         }
     }
 
+    /// The original DDPM network for the DDPM reproduction on 28×28×1 MNIST on a CPU (not a
+    /// paper preset): [`Self::cifar10`]'s architecture at `nf = 32`, `ch_mult = (1, 2, 2)`
+    /// (28 → 14 → 7), one residual block per level, attention at 7×7, no dropout.
+    pub fn mnist() -> Self {
+        Self {
+            image_size: 28,
+            num_channels: 1,
+            nf: 32,
+            ch_mult: vec![1, 2, 2],
+            num_res_blocks: 1,
+            attn_resolutions: vec![7],
+            dropout: 0.0,
+            ..Self::cifar10()
+        }
+    }
+
     /// The small configuration of the parity vectors (`net_ddpm_vp`): 16×16×3, `nf = 32`,
     /// `ch_mult = (1, 2)`, 1 residual block, attention at 8, no dropout.
     pub fn small_test() -> Self {
