@@ -7,7 +7,8 @@
 //! Group `sampler_driver`: the same 50 PC steps as a hand-written loop over the public
 //! predictor/corrector API (the loop `PcSampler` had before the driver) beside the driver, and
 //! the fast samplers at the same 100 score evaluations on the same batch (overhead per
-//! evaluation against the PC's).
+//! evaluation against the PC's). SDE-DPM-Solver++(2M) runs twice, with the caller's noise and on
+//! a per-sample Brownian tree (`Sampler::brownian`), to show what batch-size invariance costs.
 
 use std::time::Duration;
 
@@ -58,12 +59,13 @@ fn pc_sampler(c: &mut Criterion) {
 }
 
 fn sampler_driver(c: &mut Criterion) {
+    use sde_core::noise::BrownianTree;
     use sde_core::{time_tensor, Sde};
     use sde_solvers::corrector::Corrector;
     use sde_solvers::driver::Sampler;
     use sde_solvers::pc::time_grid;
     use sde_solvers::predictor::Predictor;
-    use sde_solvers::samplers::{DpmSolverPp2M, UniPc};
+    use sde_solvers::samplers::{DpmSolverPp2M, SdeDpmSolverPp2M, UniPc};
     use sde_solvers::schedule::Schedule;
 
     let steps = 50;
@@ -143,6 +145,32 @@ fn sampler_driver(c: &mut Criterion) {
             sync(&out.x)
         })
     });
+    let sde_dpm = Sampler::new(SdeDpmSolverPp2M::default(), sched.clone(), 99);
+    let tree = BrownianTree::new(0, 0.0, 1.0).expect("valid tree");
+    for (name, s) in [
+        ("cpu_sde_dpmpp2m_gmm2d_b10000_nfe100", sde_dpm.clone()),
+        (
+            "cpu_sde_dpmpp2m_brownian_gmm2d_b10000_nfe100",
+            sde_dpm.brownian(tree),
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            let mut noise = BlockNoise::new(0);
+            b.iter(|| {
+                let out = s
+                    .sample(
+                        &sde,
+                        &score,
+                        (batch, 2),
+                        &Device::Cpu,
+                        DType::F32,
+                        &mut noise,
+                    )
+                    .expect("sampling succeeds");
+                sync(&out.x)
+            })
+        });
+    }
     let uni = Sampler::new(UniPc::default(), sched, 99);
     group.bench_function("cpu_unipc_gmm2d_b10000_nfe100", |b| {
         let mut noise = BlockNoise::new(0);

@@ -3,6 +3,10 @@
 //! scores (`GaussianMixtureScore`) so the only error is the sampler's. Prints the markdown
 //! tables of `docs/samplers.md`.
 //!
+//! The adaptive SDE sampler (Jolicoeur-Martineau et al. 2021, `--sampler adaptive` in the
+//! other examples' terms) has no step count: its NFE is what its tolerance gives, so it gets
+//! its own rows, one per relative tolerance (`--adaptive-tols`), with the mean NFE per sample.
+//!
 //! `cargo run --release --example quality_vs_nfe` (`-- --quick` for 800 samples and NFE ≤ 100).
 
 use std::time::Instant;
@@ -15,7 +19,7 @@ use sde_solvers::driver::Sampler;
 use sde_solvers::harness::{mixture_quality, QualityReport};
 use sde_solvers::pc::PcStep;
 use sde_solvers::predictor::EulerMaruyamaPredictor;
-use sde_solvers::samplers::SamplerKind;
+use sde_solvers::samplers::{AdaptiveSampler, SamplerKind};
 use sde_solvers::schedule::Schedule;
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -32,6 +36,15 @@ struct Args {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Relative tolerances ε_rel of the adaptive SDE sampler (ε_abs = 0.0078, the paper's).
+    #[arg(long, value_delimiter = ',', default_value = "0.2,0.1,0.05,0.02,0.01")]
+    adaptive_tols: Vec<f64>,
+    /// Only these SDEs (comma-separated of ve, vp, subvp, cosine).
+    #[arg(long, value_delimiter = ',', default_value = "ve,vp,subvp,cosine")]
+    sdes: Vec<String>,
+    /// Skip the fixed-grid samplers (only the adaptive rows).
+    #[arg(long)]
+    adaptive_only: bool,
 }
 
 /// The cosine-schedule VP SDE (Nichol & Dhariwal 2021) as a user would write it: only the
@@ -169,31 +182,39 @@ fn table<S: Sde>(
     budgets: &[usize],
     a: &Args,
 ) -> AnyResult<f64> {
-    let kinds = SamplerKind::NAMES;
+    let kinds: &[&str] = if a.adaptive_only {
+        &[]
+    } else {
+        &SamplerKind::NAMES
+    };
     println!("\n**{label}** (schedule `{schedule:?}`; heun on `Schedule::karras(sde, ε, 7)`)\n");
-    print!("| sampler |");
-    for b in budgets {
-        print!(" NFE {b} |");
+    if !a.adaptive_only {
+        print!("| sampler |");
+        for b in budgets {
+            print!(" NFE {b} |");
+        }
+        println!();
+        print!("|---|");
+        for _ in budgets {
+            print!("---|");
+        }
+        println!();
     }
-    println!();
-    print!("|---|");
-    for _ in budgets {
-        print!("---|");
-    }
-    println!();
     let mut floor = 0.0;
     let mut rows: Vec<(String, Vec<Option<QualityReport>>)> = Vec::new();
-    for name in kinds {
+    for name in kinds.iter().copied() {
         let k: SamplerKind = name.parse()?;
         rows.push((
             name.to_string(),
             row(sde, &schedule, Some(k), budgets, gmm, a)?,
         ));
     }
-    rows.push((
-        "PC (EM + Langevin)".into(),
-        row(sde, &schedule, None, budgets, gmm, a)?,
-    ));
+    if !a.adaptive_only {
+        rows.push((
+            "PC (EM + Langevin)".into(),
+            row(sde, &schedule, None, budgets, gmm, a)?,
+        ));
+    }
     for (name, reps) in &rows {
         print!("| {name} |");
         for r in reps {
@@ -206,6 +227,20 @@ fn table<S: Sde>(
             }
         }
         println!();
+    }
+    // the adaptive SDE sampler: one row per tolerance, its NFE is what the tolerance gives
+    println!("\n| adaptive (ε_abs 0.0078) | mean NFE per sample | batched NFE | energy distance |");
+    println!("|---|---|---|---|");
+    for &rel in &a.adaptive_tols {
+        let s = AdaptiveSampler::default()
+            .rel_tol(rel)
+            .sampling_eps(eps_of(&schedule));
+        let r = mixture_quality(sde, &s, gmm, a.n, a.seed)?;
+        floor = r.floor;
+        println!(
+            "| ε_rel = {rel} | {:.1} | {} | {:.4} |",
+            r.nfe_mean, r.nfe, r.energy_distance
+        );
     }
     Ok(floor)
 }
@@ -255,38 +290,48 @@ fn main() -> AnyResult<()> {
         ("3-D non-uniform mixture", &skew),
     ] {
         println!("\n### {gname}");
-        let f = table(
-            &ve,
-            &format!("VE ({gname})"),
-            ve_sched.clone(),
-            gmm,
-            &budgets,
-            &a,
-        )?;
-        table(
-            &vp,
-            &format!("VP ({gname})"),
-            vp_sched.clone(),
-            gmm,
-            &budgets,
-            &a,
-        )?;
-        table(
-            &subvp,
-            &format!("sub-VP ({gname})"),
-            vp_sched.clone(),
-            gmm,
-            &budgets,
-            &a,
-        )?;
-        table(
-            &CosineVp,
-            &format!("cosine VP, user SDE ({gname})"),
-            vp_sched.clone(),
-            gmm,
-            &budgets,
-            &a,
-        )?;
+        let on = |name: &str| a.sdes.iter().any(|s| s == name);
+        let mut f = 0.0;
+        if on("ve") {
+            f = table(
+                &ve,
+                &format!("VE ({gname})"),
+                ve_sched.clone(),
+                gmm,
+                &budgets,
+                &a,
+            )?;
+        }
+        if on("vp") {
+            f = table(
+                &vp,
+                &format!("VP ({gname})"),
+                vp_sched.clone(),
+                gmm,
+                &budgets,
+                &a,
+            )?;
+        }
+        if on("subvp") {
+            f = table(
+                &subvp,
+                &format!("sub-VP ({gname})"),
+                vp_sched.clone(),
+                gmm,
+                &budgets,
+                &a,
+            )?;
+        }
+        if on("cosine") {
+            f = table(
+                &CosineVp,
+                &format!("cosine VP, user SDE ({gname})"),
+                vp_sched.clone(),
+                gmm,
+                &budgets,
+                &a,
+            )?;
+        }
         println!(
             "\nNoise floor (exact vs exact, {} samples each): {f:.4}",
             a.n

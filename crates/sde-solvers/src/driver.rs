@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 
 use candle_core::{DType, Device, Shape, Tensor};
-use sde_core::noise::NoiseSource;
+use sde_core::noise::{BrownianNoise, BrownianTree, NoiseSource};
 use sde_core::{ScoreFn, Sde};
 
 use crate::error::{Error, Result};
@@ -116,6 +116,12 @@ impl<F: ScoreFn + ?Sized> ScoreFn for CheckedScore<'_, F> {
 /// The step count is the sampler's (`n_steps`; by default the SDE's N, the reference's
 /// behaviour), except for [`Schedule::Times`], which fixes it.
 ///
+/// The steps' noise z comes from the caller's source by default; with
+/// [`brownian`](Self::brownian) it is each sample's Brownian path over the step instead
+/// ([`StepIo::step_noise`]), so that, with a per-sample prior draw
+/// ([`PerSampleNoise`](sde_core::noise::PerSampleNoise)), sample k does not depend on the batch
+/// it is drawn in, and a run on a finer grid sees a refinement of the same Brownian path.
+///
 /// `denoise` is on by default here, in the PC sampler and in the ODE sampler alike: the
 /// reference's configs set `noise_removal = True`, and `get_sampling_fn` passes that one flag to
 /// both its samplers; without it samples keep noise of std σ(ε) (visible for VE, whose σ(ε) is
@@ -142,6 +148,7 @@ pub struct Sampler<St> {
     schedule: Schedule,
     n_steps: Option<usize>,
     denoise: bool,
+    brownian: Option<BrownianTree>,
 }
 
 impl<St> Sampler<St> {
@@ -152,6 +159,7 @@ impl<St> Sampler<St> {
             schedule,
             n_steps: Some(n_steps),
             denoise: true,
+            brownian: None,
         }
     }
 
@@ -162,6 +170,7 @@ impl<St> Sampler<St> {
             schedule,
             n_steps: None,
             denoise: true,
+            brownian: None,
         }
     }
 
@@ -170,6 +179,39 @@ impl<St> Sampler<St> {
     pub fn denoise(mut self, denoise: bool) -> Self {
         self.denoise = denoise;
         self
+    }
+
+    /// Draws the steps' noise from `tree` (k-diffusion's `BrownianTreeNoiseSampler`): step i's
+    /// z_k = (W_k(t_{i+1}) − W_k(t_i)) / √|t_{i+1} − t_i| for sample k, one draw per step
+    /// ([`BrownianNoise`]; the PC corrector's Langevin noise, the prior and the constraint hook
+    /// keep the caller's source). The tree must span the grid, [t_n, T] (checked before
+    /// sampling, [`sde_core::Error::BrownianTime`]); `BrownianTree::new(seed, 0.0, sde.t_end())`
+    /// spans every schedule. Sampling with the caller's source is the default.
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use sde_core::{analytic::GaussianScore, noise::{BrownianTree, PerSampleNoise}, Sde, VpSde};
+    /// use sde_solvers::{driver::Sampler, samplers::SdeDpmSolverPp2M, schedule::Schedule};
+    /// let sde = VpSde::default();
+    /// let score = GaussianScore::isotropic(&sde, 0.3, 0.6)?;
+    /// let sampler = Sampler::new(SdeDpmSolverPp2M::default(), Schedule::UniformLogSnr { sampling_eps: 1e-3 }, 20)
+    ///     .brownian(BrownianTree::new(7, 0.0, sde.t_end())?);
+    /// // sample 2 of a batch of 8 is sample 0 of the batch that starts at global sample 2
+    /// let big = sampler.sample(&sde, &score, (8, 2), &Device::Cpu, DType::F32, &mut PerSampleNoise::new(1))?;
+    /// let shifted = Sampler::new(SdeDpmSolverPp2M::default(), Schedule::UniformLogSnr { sampling_eps: 1e-3 }, 20)
+    ///     .brownian(BrownianTree::new(7, 0.0, sde.t_end())?.with_offset(2));
+    /// let small = shifted.sample(&sde, &score, (3, 2), &Device::Cpu, DType::F32, &mut PerSampleNoise::new(1).with_offset(2))?;
+    /// assert_eq!(big.x.narrow(0, 2, 3)?.to_vec2::<f32>()?, small.x.to_vec2::<f32>()?);
+    /// # Ok::<(), sde_solvers::Error>(())
+    /// ```
+    #[doc(alias = "BrownianTreeNoiseSampler")]
+    pub fn brownian(mut self, tree: BrownianTree) -> Self {
+        self.brownian = Some(tree);
+        self
+    }
+
+    /// The Brownian tree the steps draw from, if any ([`brownian`](Self::brownian)).
+    pub fn brownian_tree(&self) -> Option<&BrownianTree> {
+        self.brownian.as_ref()
     }
 
     /// The step count.
@@ -262,6 +304,7 @@ impl<St> Sampler<St> {
             &self.schedule,
             self.steps_for(sde),
             self.denoise,
+            self.brownian.as_ref(),
             sde,
             score,
             x_init,
@@ -272,26 +315,8 @@ impl<St> Sampler<St> {
     }
 }
 
-/// The loop shared by [`Sampler`] and [`crate::pc::PcSampler`].
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub(crate) fn drive<S, St, F, N>(
-    step: &St,
-    schedule: &Schedule,
-    n: usize,
-    denoise: bool,
-    sde: &S,
-    score: &F,
-    x_init: &Tensor,
-    noise: &mut N,
-    constraint: &mut dyn FnMut(Update, &Tensor, &mut N) -> Result<Update>,
-    mut observer: impl FnMut(usize, f64, &Tensor),
-) -> Result<SampleOutput>
-where
-    S: Sde + ?Sized,
-    St: Step<S> + ?Sized,
-    F: ScoreFn + ?Sized,
-    N: NoiseSource + ?Sized,
-{
+/// Refuses an initial state that is not float data of shape `[B, ...]` with B ≥ 1.
+pub(crate) fn check_x_init(x_init: &Tensor) -> Result<()> {
     let dtype = x_init.dtype();
     if !dtype.is_float() {
         return Err(Error::Unsupported(format!(
@@ -305,8 +330,38 @@ where
             got: format!("{:?}", x_init.dims()),
         });
     }
+    Ok(())
+}
+
+/// The loop shared by [`Sampler`] and [`crate::pc::PcSampler`].
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub(crate) fn drive<S, St, F, N>(
+    step: &St,
+    schedule: &Schedule,
+    n: usize,
+    denoise: bool,
+    brownian: Option<&BrownianTree>,
+    sde: &S,
+    score: &F,
+    x_init: &Tensor,
+    noise: &mut N,
+    constraint: &mut dyn FnMut(Update, &Tensor, &mut N) -> Result<Update>,
+    mut observer: impl FnMut(usize, f64, &Tensor),
+) -> Result<SampleOutput>
+where
+    S: Sde + ?Sized,
+    St: Step<S> + ?Sized,
+    F: ScoreFn + ?Sized,
+    N: NoiseSource + ?Sized,
+{
+    check_x_init(x_init)?;
+    let dtype = x_init.dtype();
     step.check(sde)?;
     let grid = schedule.times(sde, n, dtype)?;
+    let mut brownian = match brownian {
+        Some(tree) => Some(brownian_for(tree, &grid)?),
+        None => None,
+    };
     let reference = matches!(schedule, Schedule::Reference { .. });
     let kind = if reference && n == sde.n() {
         GridKind::SdeChain
@@ -342,9 +397,13 @@ where
             grid: kind,
         };
         score.at(i, ctx.t);
+        if let Some(b) = brownian.as_mut() {
+            b.set_interval(ctx.t, ctx.t_next)?;
+        }
         let up = {
             let mut io = StepIo {
                 noise: &mut *noise,
+                brownian: brownian.as_mut(),
                 constraint: &mut *constraint,
                 step: i,
                 t: ctx.t,
@@ -385,4 +444,22 @@ where
         nfe_nominal: step.nfe_nominal(n),
         n_steps: n,
     })
+}
+
+/// The Brownian noise of a run on `grid`, after checking the tree spans it.
+fn brownian_for(tree: &BrownianTree, grid: &[f64]) -> Result<BrownianNoise> {
+    let (t_min, t_max) = tree.interval();
+    for (index, &t) in grid.iter().enumerate() {
+        if !(t >= t_min && t <= t_max) {
+            return Err(sde_core::Error::BrownianTime {
+                which: "t",
+                index,
+                t,
+                t_min,
+                t_max,
+            }
+            .into());
+        }
+    }
+    Ok(BrownianNoise::new(tree.clone()))
 }

@@ -24,16 +24,16 @@ pub enum Error {
         /// Time at that step.
         t: f64,
     },
-    /// The adaptive ODE solver used up `max_steps`.
-    #[error("ODE solver reached max_steps = {max_steps} at t = {t}")]
+    /// An adaptive solver (the RK45 ODE solver, the adaptive SDE sampler) used up `max_steps`.
+    #[error("adaptive solver reached max_steps = {max_steps} at t = {t}")]
     MaxSteps {
         /// The limit.
         max_steps: usize,
         /// Where it stopped.
         t: f64,
     },
-    /// The adaptive step size fell below what floating point can resolve.
-    #[error("ODE step size {h} too small at t = {t}")]
+    /// An adaptive step size fell below what floating point can resolve.
+    #[error("adaptive step size {h} too small at t = {t}")]
     StepSizeTooSmall {
         /// Step size.
         h: f64,

@@ -21,11 +21,12 @@
 use candle_core::{DType, Device, Shape, Tensor};
 use rand::SeedableRng;
 use sde_core::analytic::{GaussianMixture, GaussianMixtureScore, GaussianScore};
-use sde_core::{to_host_f64, Sde};
+use sde_core::noise::{BrownianTree, PerSampleNoise};
+use sde_core::{to_host_f64, ScoreFn, Sde};
 
 use crate::driver::Sampler;
 use crate::error::{Error, Result};
-use crate::samplers::Point;
+use crate::samplers::{AdaptiveSampler, Point};
 use crate::schedule::Schedule;
 use crate::step::Step;
 
@@ -135,29 +136,109 @@ pub struct QualityReport {
     pub mode_shares: Vec<f64>,
     /// max_k |share_k − w_k|.
     pub max_share_error: f64,
-    /// NFE of the sampler.
+    /// NFE of the sampler (batched score evaluations, [`Drawn::nfe`]).
     pub nfe: usize,
+    /// Mean score evaluations per sample ([`Drawn::nfe_mean`]; = `nfe` on a fixed grid).
+    pub nfe_mean: f64,
 }
 
-/// Draws `n` samples with `sampler` on `sde` from the exact mixture score
+/// What a [`HarnessSampler`] drew.
+#[derive(Debug, Clone)]
+pub struct Drawn {
+    /// The samples.
+    pub x: Tensor,
+    /// Batched score evaluations.
+    pub nfe: usize,
+    /// Mean score evaluations per sample (differs from `nfe` for per-sample step sizes).
+    pub nfe_mean: f64,
+}
+
+/// A sampler the harness can run: draws samples of `shape` in float32 on the CPU from `score`,
+/// all randomness derived from `seed`. Implemented for the driver ([`Sampler`], a seeded
+/// `StdRng`) and for [`AdaptiveSampler`] (a [`PerSampleNoise`] prior and a [`BrownianTree`]
+/// on [0, T]); implement it to check a sampler of your own with [`mixture_quality`].
+pub trait HarnessSampler<S: Sde + ?Sized> {
+    /// Draws the samples.
+    fn draw<F: ScoreFn + ?Sized>(
+        &self,
+        sde: &S,
+        score: &F,
+        shape: &Shape,
+        seed: u64,
+    ) -> Result<Drawn>;
+}
+
+impl<S: Sde + ?Sized, St: Step<S>> HarnessSampler<S> for Sampler<St> {
+    fn draw<F: ScoreFn + ?Sized>(
+        &self,
+        sde: &S,
+        score: &F,
+        shape: &Shape,
+        seed: u64,
+    ) -> Result<Drawn> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let out = self.sample(
+            sde,
+            score,
+            shape.clone(),
+            &Device::Cpu,
+            DType::F32,
+            &mut rng,
+        )?;
+        Ok(Drawn {
+            x: out.x,
+            nfe: out.nfe,
+            nfe_mean: out.nfe as f64,
+        })
+    }
+}
+
+impl<S: Sde + ?Sized> HarnessSampler<S> for AdaptiveSampler {
+    fn draw<F: ScoreFn + ?Sized>(
+        &self,
+        sde: &S,
+        score: &F,
+        shape: &Shape,
+        seed: u64,
+    ) -> Result<Drawn> {
+        let tree = BrownianTree::new(seed ^ 0xB7_0000_0001, 0.0, sde.t_end())?;
+        let mut prior = PerSampleNoise::new(seed);
+        let out = self.sample(
+            sde,
+            score,
+            shape.clone(),
+            &Device::Cpu,
+            DType::F32,
+            &mut prior,
+            &tree,
+        )?;
+        Ok(Drawn {
+            nfe_mean: out.mean_nfe(),
+            x: out.x,
+            nfe: out.nfe,
+        })
+    }
+}
+
+/// Draws `n` samples with `sampler` (the driver, [`AdaptiveSampler`], or any
+/// [`HarnessSampler`]) on `sde` from the exact mixture score
 /// ([`GaussianMixtureScore`]), seeded by `seed`, and compares them with exact draws of the
 /// mixture: energy distance (against `n` exact draws), the exact-vs-exact floor, mode shares.
-pub fn mixture_quality<S, St>(
+pub fn mixture_quality<S, Smp>(
     sde: &S,
-    sampler: &Sampler<St>,
+    sampler: &Smp,
     mixture: &GaussianMixture,
     n: usize,
     seed: u64,
 ) -> Result<QualityReport>
 where
     S: Sde + ?Sized,
-    St: Step<S>,
+    Smp: HarnessSampler<S> + ?Sized,
 {
     let score = GaussianMixtureScore::new(sde, mixture.clone());
     let shape = Shape::from((n, mixture.dim()));
     let dev = Device::Cpu;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let out = sampler.sample(sde, &score, shape.clone(), &dev, DType::F32, &mut rng)?;
+    let out = sampler.draw(sde, &score, &shape, seed)?;
     let mut r1 = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_0001);
     let exact = mixture.sample(&shape, &dev, DType::F64, &mut r1)?;
     let samples = out.x.to_dtype(DType::F64)?;
@@ -185,6 +266,7 @@ where
         mode_shares,
         max_share_error,
         nfe: out.nfe,
+        nfe_mean: out.nfe_mean,
     })
 }
 

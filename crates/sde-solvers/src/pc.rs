@@ -88,7 +88,9 @@ pub struct PcOutput {
 
 /// The predictor–corrector composition as one [`Step`]: at t_i the corrector (its update passed
 /// through the driver's constraint hook and checked, [`StepIo::intermediate`]), then the
-/// predictor ([`Predictor::update_step`]). The PC sampler is the driver over this step on the
+/// predictor ([`Predictor::update_step`]). The predictor draws the step's noise
+/// ([`StepIo::step_noise`], Brownian with [`Sampler::brownian`](crate::driver::Sampler::brownian)),
+/// the corrector its Langevin noise from the caller's source. The PC sampler is the driver over this step on the
 /// reference schedule; any predictor and corrector run on any schedule through
 /// [`Sampler`](crate::driver::Sampler)`<PcStep<P, C>>` (the reverse-diffusion and ancestral
 /// predictors need the SDE's own chain, [`GridKind::SdeChain`](crate::step::GridKind)).
@@ -116,7 +118,7 @@ impl<S: Sde + ?Sized, P: Predictor<S>, C: Corrector<S>> Step<S> for PcStep<P, C>
         let up = self.corrector.update(sde, score, x, &t, io.noise())?;
         let up = io.intermediate(up, &t, "x after the corrector")?;
         self.predictor
-            .update_step(ctx, sde, score, &up.x, &t, io.noise())
+            .update_step(ctx, sde, score, &up.x, &t, &mut io.step_noise())
     }
 
     fn result_time(&self, ctx: &StepCtx) -> f64 {
@@ -334,6 +336,7 @@ impl<P, C> PcSampler<P, C> {
             },
             sde.n(),
             self.denoise,
+            None,
             sde,
             score,
             x_init,

@@ -1,8 +1,8 @@
 //! The one step abstraction every sampler implements: [`Step`], the context it sees
 //! ([`StepCtx`]) and the services the driver lends it ([`StepIo`]).
 
-use candle_core::Tensor;
-use sde_core::noise::NoiseSource;
+use candle_core::{DType, Device, Shape, Tensor};
+use sde_core::noise::{BrownianNoise, NoiseSource};
 use sde_core::{ScoreFn, Sde};
 
 use crate::error::Result;
@@ -48,12 +48,13 @@ impl StepCtx {
     }
 }
 
-/// The driver's services inside a step: the noise source (one call per step for the new
-/// stochastic samplers, so a Brownian-interval source can feed them) and the constraint hook
-/// with its finiteness check, for steps made of stages (the PC step projects after its
-/// corrector too).
+/// The driver's services inside a step: the noise sources (the caller's, and the step noise,
+/// [`step_noise`](Self::step_noise), which is Brownian when the sampler was given a
+/// [`BrownianTree`](sde_core::noise::BrownianTree)) and the constraint hook with its finiteness
+/// check, for steps made of stages (the PC step projects after its corrector too).
 pub struct StepIo<'a, N: ?Sized> {
     pub(crate) noise: &'a mut N,
+    pub(crate) brownian: Option<&'a mut BrownianNoise>,
     #[allow(clippy::type_complexity)]
     pub(crate) constraint: &'a mut dyn FnMut(Update, &Tensor, &mut N) -> Result<Update>,
     pub(crate) step: usize,
@@ -61,9 +62,23 @@ pub struct StepIo<'a, N: ?Sized> {
 }
 
 impl<N: NoiseSource + ?Sized> StepIo<'_, N> {
-    /// The caller's noise source.
+    /// The caller's noise source (the prior's, the constraint hook's and the PC corrector's
+    /// Langevin noise, which is no Brownian increment).
     pub fn noise(&mut self) -> &mut N {
         self.noise
+    }
+
+    /// The source of the step's Brownian noise z (x = x̄ + c z), one draw per step: the caller's
+    /// source by default, or, when the sampler runs on a Brownian tree
+    /// ([`Sampler::brownian`](crate::driver::Sampler::brownian)), the normalised increment
+    /// z_k = (W_k(t_next) − W_k(t)) / √|t_next − t| of each sample's Brownian path over the step
+    /// ([`BrownianNoise`]), which makes samples independent of the batch size and a finer grid
+    /// see a refinement of the same path.
+    pub fn step_noise(&mut self) -> StepNoise<'_, N> {
+        match self.brownian.as_deref_mut() {
+            Some(b) => StepNoise::Brownian(b),
+            None => StepNoise::Caller(self.noise),
+        }
     }
 
     /// Applies the constraint hook (inpainting's projection; the identity when sampling) to the
@@ -74,6 +89,47 @@ impl<N: NoiseSource + ?Sized> StepIo<'_, N> {
         let up = (self.constraint)(up, t, self.noise)?;
         crate::pc::check_finite(&up.x, what, self.step, self.t)?;
         Ok(up)
+    }
+}
+
+/// The noise a step draws its z from ([`StepIo::step_noise`]): the caller's source, or the
+/// Brownian increments of the step's interval. Every call is forwarded unchanged to the
+/// caller's source in the first case, so the default path draws exactly what it drew before.
+pub enum StepNoise<'a, N: ?Sized> {
+    /// The caller's source.
+    Caller(&'a mut N),
+    /// Brownian increments over the step's interval (normals only).
+    Brownian(&'a mut BrownianNoise),
+}
+
+impl<N: NoiseSource + ?Sized> NoiseSource for StepNoise<'_, N> {
+    fn randn(&mut self, shape: &Shape, device: &Device, dtype: DType) -> sde_core::Result<Tensor> {
+        match self {
+            StepNoise::Caller(n) => n.randn(shape, device, dtype),
+            StepNoise::Brownian(b) => b.randn(shape, device, dtype),
+        }
+    }
+    fn rand_uniform(
+        &mut self,
+        shape: &Shape,
+        device: &Device,
+        dtype: DType,
+    ) -> sde_core::Result<Tensor> {
+        match self {
+            StepNoise::Caller(n) => n.rand_uniform(shape, device, dtype),
+            StepNoise::Brownian(b) => b.rand_uniform(shape, device, dtype),
+        }
+    }
+    fn rademacher(
+        &mut self,
+        shape: &Shape,
+        device: &Device,
+        dtype: DType,
+    ) -> sde_core::Result<Tensor> {
+        match self {
+            StepNoise::Caller(n) => n.rademacher(shape, device, dtype),
+            StepNoise::Brownian(b) => b.rademacher(shape, device, dtype),
+        }
     }
 }
 

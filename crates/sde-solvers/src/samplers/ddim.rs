@@ -79,7 +79,7 @@ impl<S: Sde + ?Sized> Step<S> for Ddim {
                 x_mean,
             });
         }
-        let z = randn_like(x, io.noise())?;
+        let z = randn_like(x, &mut io.step_noise())?;
         Ok(Update {
             x: lin(&[(&x_mean, 1.0), (&z, c)])?,
             x_mean,

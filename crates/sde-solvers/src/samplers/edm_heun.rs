@@ -105,7 +105,7 @@ impl<S: Sde + ?Sized> Step<S> for EdmHeun {
             } else {
                 Point::at(sde, sde.t_of_log_snr(-sig_hat.ln())?)?
             };
-            let z = randn_like(x, io.noise())?;
+            let z = randn_like(x, &mut io.step_noise())?;
             let amp = (hat.sigma_tilde().powi(2) - sig * sig).max(0.0).sqrt() * self.s_noise;
             (hat, lin(&[(&y, 1.0), (&z, amp)])?)
         } else {

@@ -11,6 +11,7 @@
 //! | [`SdeDpmSolverPp2M`] | SDE-DPM-Solver++(2M), stochastic | – | 1 |
 //! | [`UniPc`] | UniPC-p with B(h) = e^h − 1 (bh2) and its corrector UniC (Zhao et al. 2023) | p + 1 | 1 |
 //! | [`EdmHeun`] | EDM's Heun (Karras et al. 2022, Alg. 2), with optional churn | 2 | 2 |
+//! | [`AdaptiveSampler`] | adaptive-step reverse SDE, Euler–Maruyama / improved Euler (Jolicoeur-Martineau et al. 2021) | – | 2 per attempt |
 //!
 //! The multistep solvers have data-prediction (x̂₀, DPM-Solver++) and noise-prediction
 //! (ε̂, DPM-Solver) forms ([`Prediction`]); both are exponential integrators of the
@@ -25,7 +26,12 @@
 //! to t = 0 on VP / sub-VP) is the exact first-order step x = α x̂₀. The final denoising step of
 //! the driver is Tweedie's x̂₀ = (x + σ² s)/α at the last time (one evaluation; DPM-Solver's
 //! `denoise_to_zero`).
+//!
+//! [`AdaptiveSampler`] has per-sample step sizes, which no shared grid holds: it is its own loop
+//! with the driver's services (evaluation counting, score-output and non-finite checks naming
+//! the iteration, observers, the same final denoising step), on a per-sample Brownian tree.
 
+mod adaptive;
 mod ddim;
 mod dpm_solver_pp_2m;
 mod dpm_solver_pp_2s;
@@ -35,6 +41,7 @@ mod kind;
 mod sde_dpm_solver_pp_2m;
 mod unipc;
 
+pub use adaptive::{AdaptiveOutput, AdaptiveSampler};
 pub use ddim::Ddim;
 pub use dpm_solver_pp_2m::DpmSolverPp2M;
 pub use dpm_solver_pp_2s::DpmSolverPp2S;

@@ -70,7 +70,7 @@ impl<S: Sde + ?Sized> Step<S> for SdeDpmSolverPp2M {
             }
             _ => lin(&[(x, ratio), (&m0, t.alpha * one_m)])?,
         };
-        let z = randn_like(x, io.noise())?;
+        let z = randn_like(x, &mut io.step_noise())?;
         Ok(Update {
             x: lin(&[(&x_mean, 1.0), (&z, t.sigma * one_m.sqrt())])?,
             x_mean,
