@@ -150,7 +150,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     is_splits: usize,
     /// Metrics of the samples, comma-separated: fid, is, kid (FID of 2048-d Inception features
-    /// costs two 2048 × 2048 eigendecompositions, about a minute on one core).
+    /// costs two 2048 × 2048 symmetric eigendecompositions, tens of seconds on one core).
     #[arg(long, default_value = "fid,is,kid", value_delimiter = ',')]
     metrics: Vec<MetricName>,
     /// KID subsets.

@@ -268,8 +268,8 @@ fn evaluate_inception_against_a_folder_and_its_statistics() {
     );
     let stats = dir.join("ref_stats.npz");
     let out = dir.join("eval");
-    // FID of 2048-d features (two 2048² eigendecompositions) is left to the digit test's
-    // 128-d features: about a minute each in a debug build.
+    // FID of 2048-d features (two 2048² eigendecompositions, a minute in a debug build) is
+    // left to the digit test's 128-d features.
     let s = evaluate(&[
         "--quick",
         "--checkpoint",
