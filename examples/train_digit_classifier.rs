@@ -116,7 +116,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         None
     };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let k = report.losses.len().min(50);
+    let k = (report.losses.len() / 2).clamp(1, 50);
     let (first, last) = (
         mean(&report.losses[..k]),
         mean(&report.losses[report.losses.len() - k..]),
