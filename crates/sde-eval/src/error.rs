@@ -67,6 +67,9 @@ pub enum Error {
     /// An error from `sde-core`.
     #[error(transparent)]
     Core(#[from] sde_core::Error),
+    /// An error from `sde-solvers` (the likelihood behind bits/dim).
+    #[error(transparent)]
+    Solvers(#[from] sde_solvers::Error),
     /// An error from `score-nets` (its `.pth` loader).
     #[error(transparent)]
     Nets(#[from] score_nets::Error),

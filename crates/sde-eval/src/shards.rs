@@ -31,6 +31,10 @@ pub struct ShardPlan {
     pub batch_size: usize,
     /// Seed of the per-sample noise streams.
     pub seed: u64,
+    /// Identifies what draws the samples (e.g. the checkpoint's sha256 and the sampler's
+    /// settings): a resumed run must match, so that shards of another model or sampler are
+    /// never mixed in. `None` from [`ShardPlan::new`].
+    pub model: Option<String>,
 }
 
 impl ShardPlan {
@@ -50,6 +54,7 @@ impl ShardPlan {
             shard_size,
             batch_size,
             seed,
+            model: None,
         })
     }
 
@@ -84,6 +89,8 @@ struct PlanRecord {
     extractor_weights_sha256: Option<String>,
     dim: usize,
     classes: Option<usize>,
+    #[serde(default)]
+    model: Option<String>,
 }
 
 fn shard_path(dir: &Path, k: u64) -> PathBuf {
@@ -133,8 +140,9 @@ pub struct ShardedFeatures {
 /// first global sample, e.g. `PcSampler::sample(.., noise)`). Each shard is written to
 /// `shard_NNNNNN.safetensors` (`features` f32 `[n, d]`, `logits` f32 `[n, classes]`) by a
 /// temporary file and a rename, so a killed run leaves only whole shards; leftover temporary
-/// files are ignored. A folder made for another plan or feature network is
-/// [`Error::File`] (delete it, or use another folder).
+/// files are ignored. A folder made for another plan (sample count, shard size, seed,
+/// [`ShardPlan::model`]) or feature network is [`Error::File`] (delete it, or use another
+/// folder).
 pub fn sample_sharded<E, S>(
     dir: impl AsRef<Path>,
     plan: &ShardPlan,
@@ -156,6 +164,7 @@ where
         extractor_weights_sha256: extractor.weights_sha256(),
         dim: extractor.dim(),
         classes: extractor.num_classes(),
+        model: plan.model.clone(),
     };
     let plan_path = dir.join("plan.json");
     if plan_path.exists() {

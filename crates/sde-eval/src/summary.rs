@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::bpd::BitsPerDim;
 use crate::error::Result;
 use crate::kid::MeanStd;
 use crate::precision_recall::PrecisionRecall;
@@ -22,6 +23,9 @@ pub struct Metrics {
     pub kid_subsets: Option<(usize, usize)>,
     /// Improved precision and recall.
     pub precision_recall: Option<PrecisionRecall>,
+    /// bits/dim of a data set through the probability-flow ODE ([`crate::bits_per_dim_sharded`]).
+    #[serde(default)]
+    pub bits_per_dim: Option<BitsPerDim>,
 }
 
 /// Everything `summary.json` records.

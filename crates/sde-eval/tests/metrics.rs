@@ -77,6 +77,16 @@ fn eigen_known_spectra_and_residuals() {
             .collect();
         let a = with_spectrum(&q, &lambda);
         let e = symmetric_eigen(&a, n).unwrap();
+        // The values-only path runs the same arithmetic on d and e: bit-identical values.
+        let values = sde_eval::linalg::symmetric_eigenvalues(&a, n).unwrap();
+        assert!(
+            values
+                .iter()
+                .zip(&e.values)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "n = {n}: {values:?} vs {:?}",
+            e.values
+        );
         let mut want = lambda.clone();
         want.sort_by(f64::total_cmp);
         for (g, w) in e.values.iter().zip(&want) {

@@ -271,3 +271,33 @@ fn statistics_files_round_trip() {
     assert_eq!(Summary::load(dir.join("summary.json")).unwrap(), sum);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_folder_of_another_model_or_sampler_is_refused() {
+    let ex = extractor();
+    let dir = tmp("model_tag");
+    let plan = ShardPlan {
+        model: Some("checkpoint a; sampler pc".into()),
+        ..ShardPlan::new(6, 3, 3, 0).unwrap()
+    };
+    sample_sharded(&dir, &plan, &ex, sampler, Progress::Hidden).unwrap();
+    // The same plan resumes (nothing to draw) ...
+    let never = |_: &mut PerSampleNoise, _: usize| -> sde_eval::Result<Tensor> {
+        Err(Error::User {
+            what: "sampler",
+            source: "must not be called".into(),
+        })
+    };
+    sample_sharded(&dir, &plan, &ex, never, Progress::Hidden).unwrap();
+    // ... another model or sampler in the same folder is an error naming plan.json.
+    let other = ShardPlan {
+        model: Some("checkpoint a; sampler ode".into()),
+        ..plan.clone()
+    };
+    let err = sample_sharded(&dir, &other, &ex, sampler, Progress::Hidden).unwrap_err();
+    assert!(
+        matches!(&err, Error::File { path, .. } if path.ends_with("plan.json")),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

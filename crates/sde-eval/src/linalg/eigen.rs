@@ -40,6 +40,25 @@ impl SymmetricEigen {
 /// # Ok::<(), sde_eval::Error>(())
 /// ```
 pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<SymmetricEigen> {
+    let (values, vectors) = decompose(a, n, true)?;
+    Ok(SymmetricEigen { n, values, vectors })
+}
+
+/// The eigenvalues of a symmetric `a` alone, ascending: the same reduction and QL iteration
+/// as [`symmetric_eigen`] (bit-identical values) without accumulating the transformations,
+/// O(n³) with a constant several times smaller (FID's second decomposition needs no vectors).
+///
+/// ```
+/// let l = sde_eval::linalg::symmetric_eigenvalues(&[2.0, 1.0, 1.0, 2.0], 2)?;
+/// assert!((l[0] - 1.0).abs() < 1e-14 && (l[1] - 3.0).abs() < 1e-14);
+/// # Ok::<(), sde_eval::Error>(())
+/// ```
+pub fn symmetric_eigenvalues(a: &[f64], n: usize) -> Result<Vec<f64>> {
+    Ok(decompose(a, n, false)?.0)
+}
+
+/// (λ ascending, V column-major or empty).
+fn decompose(a: &[f64], n: usize, vectors: bool) -> Result<(Vec<f64>, Vec<f64>)> {
     if a.len() != n * n {
         return Err(Error::ShapeMismatch {
             what: "symmetric_eigen matrix",
@@ -53,11 +72,7 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<SymmetricEigen> {
         });
     }
     if n == 0 {
-        return Ok(SymmetricEigen {
-            n,
-            values: Vec::new(),
-            vectors: Vec::new(),
-        });
+        return Ok((Vec::new(), Vec::new()));
     }
     // Column-major V, so that the inner loops (over rows k of a column) are contiguous.
     // V starts as A (symmetric, so A's row-major layout read column-major is A itself; the
@@ -71,19 +86,19 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<SymmetricEigen> {
     }
     let mut d = vec![0.0; n];
     let mut e = vec![0.0; n];
-    tred2(n, &mut v, &mut d, &mut e);
-    tql2(n, &mut v, &mut d, &mut e)?;
-    Ok(SymmetricEigen {
-        n,
-        values: d,
-        vectors: v,
-    })
+    tred2(n, &mut v, &mut d, &mut e, vectors);
+    tql2(n, &mut v, &mut d, &mut e, vectors)?;
+    if !vectors {
+        v = Vec::new();
+    }
+    Ok((d, v))
 }
 
-/// Householder reduction to tridiagonal form (EISPACK `tred2`): on return `v` holds the
-/// orthogonal transformation, `d` the diagonal and `e[1..]` the sub-diagonal.
+/// Householder reduction to tridiagonal form (EISPACK `tred2`): on return `d` holds the
+/// diagonal, `e[1..]` the sub-diagonal and, with `vectors`, `v` the orthogonal transformation
+/// (without, `v` is left as workspace).
 #[allow(clippy::needless_range_loop)]
-fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
+fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64], vectors: bool) {
     // V[r][c] at v[c * n + r].
     let at = |r: usize, c: usize| c * n + r;
     for j in 0..n {
@@ -151,6 +166,15 @@ fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
         }
         d[i] = h;
     }
+    if !vectors {
+        // The diagonal the accumulation below would read back: it leaves V(i, i) for i < n − 1
+        // untouched until it copies it out, and never writes V(n − 1, n − 1).
+        for j in 0..n {
+            d[j] = v[at(j, j)];
+        }
+        e[0] = 0.0;
+        return;
+    }
     // Accumulate the transformations.
     for i in 0..n - 1 {
         v[at(n - 1, i)] = v[at(i, i)];
@@ -183,9 +207,9 @@ fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
     e[0] = 0.0;
 }
 
-/// Implicit QL on the tridiagonal matrix (EISPACK `tql2`), accumulating into `v`; sorts the
-/// eigenpairs by ascending eigenvalue.
-fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) -> Result<()> {
+/// Implicit QL on the tridiagonal matrix (EISPACK `tql2`), accumulating into `v` when
+/// `vectors`; sorts the eigenpairs by ascending eigenvalue.
+fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64], vectors: bool) -> Result<()> {
     const MAX_SWEEPS: usize = 60;
     for i in 1..n {
         e[i - 1] = e[i];
@@ -243,6 +267,9 @@ fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) -> Result<()> {
                     c = p / r;
                     p = c * d[i] - s * g;
                     d[i + 1] = h + s * (c * g + s * d[i]);
+                    if !vectors {
+                        continue;
+                    }
                     // Rotate columns i and i + 1 of V (contiguous in column-major storage).
                     let (lo, hi) = v.split_at_mut((i + 1) * n);
                     let col_i = &mut lo[i * n..];
@@ -276,6 +303,9 @@ fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) -> Result<()> {
         }
         if k != i {
             d.swap(i, k);
+            if !vectors {
+                continue;
+            }
             let (lo, hi) = v.split_at_mut(k * n);
             lo[i * n..(i + 1) * n].swap_with_slice(&mut hi[..n]);
         }

@@ -2,7 +2,7 @@
 
 mod eigen;
 
-pub use eigen::{symmetric_eigen, SymmetricEigen};
+pub use eigen::{symmetric_eigen, symmetric_eigenvalues, SymmetricEigen};
 
 use candle_core::{Device, Tensor};
 
@@ -54,8 +54,8 @@ pub fn trace_sqrt_product(sigma1: &[f64], sigma2: &[f64], n: usize) -> Result<f6
             s[i * n + j] = root[i] * mij * root[j];
         }
     }
-    let es = symmetric_eigen(&s, n)?;
-    Ok(es.values.iter().map(|&l| l.max(0.0).sqrt()).sum())
+    let values = symmetric_eigenvalues(&s, n)?;
+    Ok(values.iter().map(|&l| l.max(0.0).sqrt()).sum())
 }
 
 fn symmetrised(a: &[f64], n: usize) -> Vec<f64> {
