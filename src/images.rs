@@ -40,12 +40,12 @@ pub struct ImageArgs {
     /// Use the deep preset (NCSN++ / DDPM++ continuous deep).
     #[arg(long)]
     pub deep: bool,
-    /// Image-path training steps.
-    #[arg(long, default_value_t = 1_300_000)]
-    pub train_steps: u64,
-    /// Image-path batch size.
-    #[arg(long, default_value_t = 128)]
-    pub train_batch: usize,
+    /// Image-path training steps (default: the paper's 1.3 M; the MNIST-5k preset's 3000).
+    #[arg(long)]
+    pub train_steps: Option<u64>,
+    /// Image-path batch size (default: the paper's 128; the MNIST-5k preset's 64).
+    #[arg(long)]
+    pub train_batch: Option<usize>,
     /// Images to sample into the grid.
     #[arg(long, default_value_t = 16)]
     pub n_images: usize,
@@ -55,6 +55,9 @@ pub struct ImageArgs {
     /// `vp` (default for ddpm) or `subvp`.
     #[arg(long)]
     pub sde: Option<String>,
+    /// The MNIST-5k run's options (`--dataset mnist5k`).
+    #[command(flatten)]
+    pub mnist: crate::mnist::MnistArgs,
 }
 
 /// Which paper family an example reproduces.
@@ -116,6 +119,32 @@ pub fn run_if_requested(
 /// Runs the image path: sampling a checkpoint when `--checkpoint` is given, else training on
 /// `--dataset`.
 pub fn run(a: &ImageArgs, family: Family, out: &Path, seed: u64, quick: bool) -> AnyResult<()> {
+    if a.dataset.as_deref() == Some("mnist5k") {
+        if a.checkpoint.is_some() {
+            return Err(
+                "--dataset mnist5k keeps its checkpoints in <out>/checkpoints: rerun \
+                        with the same --out and --resume to sample and evaluate the newest one \
+                        (training stops at once when its steps are done)"
+                    .into(),
+            );
+        }
+        if a.config.is_some() || a.deep || a.sde.as_deref() == Some("subvp") {
+            return Err(
+                "--dataset mnist5k runs its own presets (--network ncsnpp|ddpmpp|ddpm); \
+                 --config, --deep and --sde subvp apply to the CIFAR-10 / folder path"
+                    .into(),
+            );
+        }
+        return crate::mnist::run(
+            family,
+            &a.mnist,
+            a.train_steps,
+            a.train_batch,
+            out,
+            seed,
+            quick,
+        );
+    }
     let cfg = preset(family, a)?;
     // N only matters for sampling (training uses the continuous loss).
     let n = if quick {
@@ -161,8 +190,6 @@ fn with_sde<S: Sde>(
         return Err("the image path needs --dataset (or --checkpoint)".into());
     };
     let images = match (ds.as_str(), &a.data_dir) {
-        // Embedded in sde-train: no download, no --data-dir.
-        ("mnist5k", _) => sde_train::mnist5k(sde_train::Split::Train)?.0,
         ("cifar10", Some(dir)) => sde_train::load_cifar10_dir(dir, true)?.0,
         ("mnist", Some(dir)) => sde_train::load_mnist_images(dir)?,
         ("folder", Some(dir)) => sde_train::load_image_folder(dir, cfg.image_size)?,
@@ -191,8 +218,16 @@ fn with_sde<S: Sde>(
             ..Default::default()
         },
     )?;
-    let steps = if quick { 2 } else { a.train_steps };
-    let batch = if quick { 2 } else { a.train_batch };
+    let steps = if quick {
+        2
+    } else {
+        a.train_steps.unwrap_or(1_300_000)
+    };
+    let batch = if quick {
+        2
+    } else {
+        a.train_batch.unwrap_or(128)
+    };
     let config = TrainConfig {
         n_iters: steps,
         snapshot_freq: 10_000,

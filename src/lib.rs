@@ -10,6 +10,8 @@
 
 pub mod images;
 pub mod metrics;
+pub mod mnist;
+pub mod mnist_eval;
 pub mod plot;
 pub mod report;
 pub mod toy;

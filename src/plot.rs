@@ -228,3 +228,68 @@ pub fn image_grid(
     }
     Ok(img)
 }
+
+/// A line chart of `series` (colour, points `(x, y)`) on a `w × h` white image, both axes scaled
+/// to the points' joint range with a 5% margin; light grid lines at the integer values of y
+/// (decades when y is a log10). Non-finite points and series of fewer than two points are
+/// skipped; with nothing to draw the result is a blank frame.
+pub fn line_chart(series: &[(Color, &[(f64, f64)])], w: u32, h: u32) -> RgbImage {
+    let mut img = RgbImage::from_pixel(w.max(2), h.max(2), Rgb([255, 255, 255]));
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|(_, s)| s.iter().filter(finite).copied())
+        .collect();
+    let (w, h) = (img.width() as f64, img.height() as f64);
+    let frame = [120u8, 120, 120];
+    let put = |img: &mut RgbImage, x: f64, y: f64, c: Color| {
+        if x >= 0.0 && y >= 0.0 && x < w && y < h {
+            img.put_pixel(x as u32, y as u32, Rgb(c));
+        }
+    };
+    if all.len() >= 2 {
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in &all {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+        let (dx, dy) = ((x1 - x0).max(1e-12), (y1 - y0).max(1e-12));
+        let (x0, x1, y0, y1) = (
+            x0 - 0.05 * dx,
+            x1 + 0.05 * dx,
+            y0 - 0.05 * dy,
+            y1 + 0.05 * dy,
+        );
+        let px = |x: f64| (x - x0) / (x1 - x0) * (w - 1.0);
+        let py = |y: f64| (1.0 - (y - y0) / (y1 - y0)) * (h - 1.0);
+        let mut g = y0.ceil();
+        while g <= y1 {
+            for u in 0..w as u32 {
+                put(&mut img, u as f64, py(g), [225, 225, 225]);
+            }
+            g += 1.0;
+        }
+        for (c, s) in series {
+            let pts: Vec<(f64, f64)> = s.iter().filter(finite).copied().collect();
+            for seg in pts.windows(2) {
+                let (a, b) = ((px(seg[0].0), py(seg[0].1)), (px(seg[1].0), py(seg[1].1)));
+                let n = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).max(1);
+                for k in 0..=n {
+                    let t = k as f64 / n as f64;
+                    put(&mut img, a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1), *c);
+                }
+            }
+        }
+    }
+    for u in 0..w as u32 {
+        put(&mut img, u as f64, 0.0, frame);
+        put(&mut img, u as f64, h - 1.0, frame);
+    }
+    for v in 0..h as u32 {
+        put(&mut img, 0.0, v as f64, frame);
+        put(&mut img, w - 1.0, v as f64, frame);
+    }
+    img
+}

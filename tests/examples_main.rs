@@ -23,7 +23,10 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn run(name: &str, extra: &[&str]) -> serde_json::Value {
-    let out = std::env::temp_dir().join(format!("scoresde-test-{name}-{}", std::process::id()));
+    // tests run in parallel threads of one process: each run gets its own folder
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = std::env::temp_dir().join(format!("scoresde-test-{name}-{}-{k}", std::process::id()));
     let status = Command::new(example(name))
         .args(["--quick", "--out"])
         .arg(&out)
@@ -139,4 +142,71 @@ fn smld_trains_ncsnpp_on_an_image_folder() {
         .expect("example runs");
     assert!(status.success());
     assert!(out.join("samples.png").exists());
+}
+
+/// The MNIST-5k reproduction in its CI size: trains 3 steps on the embedded digits, checkpoints,
+/// samples with every sampler, evaluates, and resumes from its checkpoint.
+fn mnist_quick(name: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--dataset", "mnist5k"];
+    args.extend_from_slice(extra);
+    let s = run(name, &args);
+    assert_eq!(s["dataset"], "mnist5k", "{s}");
+    assert_eq!(s["training"]["steps"], 3, "{s}");
+    let samplers = s["samplers"].as_object().expect("samplers");
+    assert_eq!(
+        samplers.len(),
+        4,
+        "three paper samplers and a fast one: {s}"
+    );
+    for (k, v) in samplers {
+        assert!(v["nfe"].as_f64().unwrap() >= 1.0, "{k}: {v}");
+        assert!(v["n"].as_u64().unwrap() >= 4, "{k}: {v}");
+    }
+    let bpd = &s["bits_per_dim"];
+    for key in ["mean", "pixel_histogram", "pixel_gaussian"] {
+        let v = bpd[key].as_f64().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{key}: {bpd}");
+    }
+    // the per-pixel histogram is fitted on the train set: about 1.77 bits/dim on the test set
+    let h = bpd["pixel_histogram"].as_f64().unwrap();
+    assert!((1.0..2.5).contains(&h), "pixel histogram baseline {h}");
+    assert!(s["checkpoint_sha256"].as_str().unwrap().len() == 64, "{s}");
+    s
+}
+
+#[test]
+fn smld_mnist5k_quick_trains_samples_and_evaluates() {
+    mnist_quick("smld", &[]);
+}
+
+#[test]
+fn ddpm_mnist5k_quick_trains_samples_and_evaluates() {
+    let first = mnist_quick("ddpm", &[]);
+    // `--resume` on a finished run trains no further and evaluates the same checkpoint again
+    let out =
+        std::env::temp_dir().join(format!("scoresde-test-mnist-resume-{}", std::process::id()));
+    for _ in 0..2 {
+        let status = Command::new(example("ddpm"))
+            .args(["--quick", "--dataset", "mnist5k", "--resume", "--out"])
+            .arg(&out)
+            .status()
+            .expect("example runs");
+        assert!(status.success());
+    }
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    assert_eq!(
+        log.lines().count(),
+        3,
+        "the resumed run trained again:\n{log}"
+    );
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    // the re-evaluation names the checkpoint it sampled (two separate processes with the same
+    // seed do not yet write bit-identical checkpoints: a known reproducibility gap, see the
+    // issue notes)
+    assert_eq!(again["checkpoint_sha256"].as_str().map(str::len), Some(64));
+    assert!(first["checkpoint_sha256"].is_string());
+    // the original DDPM network, and the run's own checkpoints as the sampling route
+    let s = mnist_quick("ddpm", &["--network", "ddpm"]);
+    assert_eq!(s["preset"]["network"], "Ddpm", "{s}");
 }
