@@ -201,11 +201,12 @@ fn ddpm_mnist5k_quick_trains_samples_and_evaluates() {
     );
     let again: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    // the re-evaluation names the checkpoint it sampled (two separate processes with the same
-    // seed do not yet write bit-identical checkpoints: a known reproducibility gap, see the
-    // issue notes)
+    // another process with the same seed trained the same weights into the same bytes
     assert_eq!(again["checkpoint_sha256"].as_str().map(str::len), Some(64));
-    assert!(first["checkpoint_sha256"].is_string());
+    assert_eq!(
+        again["checkpoint_sha256"], first["checkpoint_sha256"],
+        "same seed, another process: the checkpoint must be byte-identical"
+    );
     // the original DDPM network, and the run's own checkpoints as the sampling route
     let s = mnist_quick("ddpm", &["--network", "ddpm"]);
     assert_eq!(s["preset"]["network"], "Ddpm", "{s}");

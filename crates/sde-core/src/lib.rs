@@ -31,6 +31,7 @@
 
 pub mod analytic;
 mod error;
+pub mod file_bytes;
 pub mod noise;
 mod reverse;
 mod score;

@@ -253,7 +253,9 @@ pub fn save_checkpoint(path: impl AsRef<Path>, ckpt: &Checkpoint) -> Result<()> 
     meta.insert(CHECKSUM_KEY.to_string(), format!("{checksum:016x}"));
     let bytes = safetensors::tensor::serialize(views, Some(meta))
         .map_err(|e| corrupt(path, format!("cannot serialise: {e}")))?;
-    write_atomic(path, &bytes)
+    // The metadata map's order is random per process: sort it, so that the same training
+    // state gives the same file (and sha256) in every process.
+    write_atomic(path, &sde_core::file_bytes::canonical_safetensors(bytes))
 }
 
 /// Atomic file write: temporary sibling `.<file name>.tmp-<pid>`, `write_all`, `sync_all`,

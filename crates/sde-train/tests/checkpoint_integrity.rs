@@ -251,3 +251,24 @@ fn a_trainer_cleans_its_checkpoint_dir_on_start() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same training state gives the same bytes however often it is saved: the header's
+/// metadata map (random iteration order per map, and per process) is written sorted. Ten
+/// saves of eleven metadata keys in random order would collide by chance with probability
+/// ~(1/11!)⁹.
+#[test]
+fn the_same_state_saves_to_the_same_bytes() {
+    let dir = tmpdir("same-bytes");
+    let ckpt = small_checkpoint();
+    let first = dir.join("a.safetensors");
+    save_checkpoint(&first, &ckpt).unwrap();
+    let want = std::fs::read(&first).unwrap();
+    for i in 0..10 {
+        let p = dir.join(format!("b{i}.safetensors"));
+        save_checkpoint(&p, &ckpt).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), want, "save {i} wrote other bytes");
+    }
+    // And it still loads and verifies.
+    assert_eq!(load_checkpoint(&first).unwrap().step, 120);
+    let _ = std::fs::remove_dir_all(&dir);
+}

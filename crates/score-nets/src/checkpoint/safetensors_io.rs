@@ -196,7 +196,9 @@ where
     }
     let bytes = safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), metadata)
         .map_err(|e| checkpoint_err(path, format!("cannot serialize: {e:?}")))?;
-    write_atomically(path, &bytes)
+    // Metadata comes as a HashMap (random order per process): sort the header so that the
+    // same tensors and metadata give the same bytes in every process.
+    write_atomically(path, &sde_core::file_bytes::canonical_safetensors(bytes))
 }
 
 /// Saves every variable of a [`VarMap`] (a network being trained) as a safetensors file,
