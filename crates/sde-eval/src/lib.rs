@@ -63,7 +63,7 @@ pub use inception::{FidInceptionV3, InceptionOutput};
 pub use inception_score::{inception_score, InceptionScoreAccumulator};
 pub use kid::{kid, polynomial_mmd2, KidOptions, MeanStd};
 pub use precision_recall::{precision_recall, PrecisionRecall};
-pub use shards::{sample_sharded, Progress, ShardPlan, ShardedFeatures};
+pub use shards::{sample_sharded, sample_sharded_rank, Progress, ShardPlan, ShardedFeatures};
 pub use stats::FeatureStats;
 pub use stats_io::StatsFormat;
 pub use summary::{Metrics, Summary};

@@ -68,6 +68,21 @@ impl ShardPlan {
         let lo = k * self.shard_size;
         (lo, (lo + self.shard_size).min(self.n_samples))
     }
+
+    /// The shards rank `rank` of `world` draws in a data-parallel evaluation: the contiguous
+    /// block [⌊r·S/R⌋, ⌊(r+1)·S/R⌋) of the S shards (empty when R > S for some ranks). The
+    /// blocks of ranks 0..R partition 0..S.
+    pub fn rank_shards(&self, rank: usize, world: usize) -> Result<std::ops::Range<u64>> {
+        if world == 0 {
+            return Err(invalid("world", 0, "must be at least 1"));
+        }
+        if rank >= world {
+            return Err(invalid("rank", rank, "must be below the world size"));
+        }
+        let s = self.n_shards() as u128;
+        let (r, w) = (rank as u128, world as u128);
+        Ok(((r * s / w) as u64)..(((r + 1) * s / w) as u64))
+    }
 }
 
 /// Whether to draw a progress bar on stderr.
@@ -147,14 +162,62 @@ pub fn sample_sharded<E, S>(
     dir: impl AsRef<Path>,
     plan: &ShardPlan,
     extractor: &E,
-    mut sampler: S,
+    sampler: S,
     progress: Progress,
 ) -> Result<ShardedFeatures>
 where
     E: FeatureExtractor + ?Sized,
     S: FnMut(&mut PerSampleNoise, usize) -> Result<Tensor>,
 {
-    let dir = dir.as_ref();
+    let all = 0..plan.n_shards();
+    sample_shards(dir.as_ref(), plan, extractor, sampler, progress, all).map(|(f, _)| f)
+}
+
+/// One rank's part of a data-parallel [`sample_sharded`]: rank `rank` of `world` samples the
+/// missing shards of its block ([`ShardPlan::rank_shards`]) into `dir`, a folder every rank
+/// sees. Once every rank has returned (a barrier, e.g. `MpiReducer`'s), any rank calls
+/// [`sample_sharded`] on the same folder and plan: it finds every shard on disk, samples
+/// nothing, and gives the features of all `n_samples`, bit-identical to a one-process run
+/// because sample i depends on `(seed, i)` only. A killed rank's shards are resumed the same
+/// way. Returns the number of samples this call drew.
+pub fn sample_sharded_rank<E, S>(
+    dir: impl AsRef<Path>,
+    plan: &ShardPlan,
+    extractor: &E,
+    sampler: S,
+    progress: Progress,
+    rank: usize,
+    world: usize,
+) -> Result<u64>
+where
+    E: FeatureExtractor + ?Sized,
+    S: FnMut(&mut PerSampleNoise, usize) -> Result<Tensor>,
+{
+    let block = plan.rank_shards(rank, world)?;
+    sample_shards(dir.as_ref(), plan, extractor, sampler, progress, block).map(|(_, n)| n)
+}
+
+/// Samples in shards `ks`.
+fn samples_in(plan: &ShardPlan, ks: impl Iterator<Item = u64>) -> u64 {
+    ks.map(|k| plan.shard_range(k))
+        .map(|(lo, hi)| hi - lo)
+        .sum()
+}
+
+/// [`sample_sharded`] restricted to the shards of `block` (the result covers the whole plan;
+/// its reads fail for shards outside `block` that are not on disk), and the samples drawn.
+fn sample_shards<E, S>(
+    dir: &Path,
+    plan: &ShardPlan,
+    extractor: &E,
+    mut sampler: S,
+    progress: Progress,
+    block: std::ops::Range<u64>,
+) -> Result<(ShardedFeatures, u64)>
+where
+    E: FeatureExtractor + ?Sized,
+    S: FnMut(&mut PerSampleNoise, usize) -> Result<Tensor>,
+{
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e.to_string()))?;
     let record = PlanRecord {
         n_samples: plan.n_samples,
@@ -185,22 +248,18 @@ where
         score_nets::checkpoint::write_atomically(&plan_path, &serde_json::to_vec_pretty(&record)?)?;
     }
     let (dim, classes) = (record.dim, record.classes);
-    let n_shards = plan.n_shards();
-    let todo: Vec<u64> = (0..n_shards)
+    let todo: Vec<u64> = block
+        .clone()
         .filter(|&k| {
             let (lo, hi) = plan.shard_range(k);
             read_shard(&shard_path(dir, k), (hi - lo) as usize, dim, classes).is_none()
         })
         .collect();
-    let done: u64 = (0..n_shards)
-        .filter(|k| !todo.contains(k))
-        .map(|k| {
-            let (lo, hi) = plan.shard_range(k);
-            hi - lo
-        })
-        .sum();
+    let in_block = samples_in(plan, block);
+    let drawn = samples_in(plan, todo.iter().copied());
+    let done = in_block - drawn;
     let bar = match progress {
-        Progress::Bar => indicatif::ProgressBar::new(plan.n_samples),
+        Progress::Bar => indicatif::ProgressBar::new(in_block),
         Progress::Hidden => indicatif::ProgressBar::hidden(),
     };
     bar.set_style(
@@ -272,12 +331,13 @@ where
         score_nets::checkpoint::save_safetensors(entries, Some(meta), shard_path(dir, k))?;
     }
     bar.finish_and_clear();
-    Ok(ShardedFeatures {
+    let features = ShardedFeatures {
         dir: dir.to_path_buf(),
         plan: plan.clone(),
         dim,
         classes,
-    })
+    };
+    Ok((features, drawn))
 }
 
 impl ShardedFeatures {

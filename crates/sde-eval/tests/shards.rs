@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use sde_core::noise::{NoiseSource, PerSampleNoise};
 use sde_eval::{
-    sample_sharded, Error, FeatureExtractor, Features, FnExtractor, GaussianStats, Progress,
-    ShardPlan, StatsFormat, Summary,
+    sample_sharded, sample_sharded_rank, Error, FeatureExtractor, Features, FnExtractor,
+    GaussianStats, Progress, ShardPlan, StatsFormat, Summary,
 };
 
 fn tmp(name: &str) -> PathBuf {
@@ -84,6 +84,54 @@ fn results_do_not_depend_on_batch_or_shard_size() {
     .unwrap();
     assert!(bits(&other.features().unwrap()) != *f0);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Data-parallel evaluation: ranks 0..R each draw their block of shards into one folder (here
+/// one after another; under MPI at once), then one call reads all of them, sampling nothing.
+#[test]
+fn the_union_of_rank_shards_equals_the_one_process_run() {
+    let ex = extractor();
+    let plan = ShardPlan::new(57, 10, 4, 11).unwrap();
+    let one_dir = tmp("rank_one");
+    let want = bits(
+        &sample_sharded(&one_dir, &plan, &ex, sampler, Progress::Hidden)
+            .unwrap()
+            .features()
+            .unwrap(),
+    );
+    std::fs::remove_dir_all(&one_dir).ok();
+    for world in [1usize, 2, 3, 4, 8] {
+        // The blocks partition the 6 shards (ranks beyond 6 get none).
+        let blocks: Vec<_> = (0..world)
+            .map(|r| plan.rank_shards(r, world).unwrap())
+            .collect();
+        assert_eq!(blocks.first().unwrap().start, 0);
+        assert_eq!(blocks.last().unwrap().end, plan.n_shards());
+        assert!(
+            blocks.windows(2).all(|w| w[0].end == w[1].start),
+            "{blocks:?}"
+        );
+        let dir = tmp(&format!("ranks{world}"));
+        let mut drawn = 0;
+        for rank in 0..world {
+            drawn += sample_sharded_rank(&dir, &plan, &ex, sampler, Progress::Hidden, rank, world)
+                .unwrap();
+        }
+        assert_eq!(drawn, 57);
+        // A second pass on any rank draws nothing: its shards are on disk.
+        assert_eq!(
+            sample_sharded_rank(&dir, &plan, &ex, sampler, Progress::Hidden, 0, world).unwrap(),
+            0
+        );
+        let never = |_: &mut PerSampleNoise, _: usize| -> sde_eval::Result<Tensor> {
+            panic!("every shard is on disk")
+        };
+        let all = sample_sharded(&dir, &plan, &ex, never, Progress::Hidden).unwrap();
+        assert!(bits(&all.features().unwrap()) == want, "R = {world}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    assert!(plan.rank_shards(2, 2).is_err());
+    assert!(plan.rank_shards(0, 0).is_err());
 }
 
 #[test]

@@ -535,3 +535,32 @@ pub fn load_weights(
     }
     Ok(())
 }
+
+/// The checkpoint with the highest step in `dir` (`checkpoint_<step>.safetensors`), if any.
+pub fn latest_checkpoint(dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
+    let dir = dir.as_ref();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut best: Option<(u64, PathBuf)> = None;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let step = name
+            .strip_prefix("checkpoint_")
+            .and_then(|s| s.strip_suffix(".safetensors"))
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(s) = step {
+            let better = match &best {
+                Some((b, _)) => s > *b,
+                None => true,
+            };
+            if better {
+                best = Some((s, entry.path()));
+            }
+        }
+    }
+    Ok(best.map(|(_, p)| p))
+}

@@ -132,6 +132,13 @@ impl Toy2d {
 pub trait BatchSource {
     /// The training batch for step `step`.
     fn batch(&mut self, step: u64, rng: &mut dyn RngCore) -> Result<Tensor>;
+
+    /// `Some((rank, world))` if the batches are rank `rank`'s shard of `world` (see
+    /// [`crate::ShardedBatches`]); `None` for a whole batch. A data-parallel trainer with more
+    /// than one rank refuses a source that is not sharded for its rank.
+    fn shard(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 impl<F: FnMut(u64, &mut dyn RngCore) -> Result<Tensor>> BatchSource for F {

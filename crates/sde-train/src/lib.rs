@@ -70,9 +70,14 @@ mod datasets;
 mod discrete;
 mod ema;
 mod error;
+mod hooks;
 mod importance;
 mod loss;
 mod mnist5k;
+#[cfg(feature = "mpi")]
+mod mpi_reducer;
+#[cfg(feature = "nccl")]
+mod nccl_reducer;
 mod optim;
 mod parallel;
 mod ssm;
@@ -80,8 +85,8 @@ mod trainer;
 mod transforms;
 
 pub use checkpoint::{
-    load_checkpoint, load_weights, remove_stale_temp_files, save_checkpoint, write_atomic,
-    Checkpoint, RngState, Weights, CHECKPOINT_FORMAT,
+    latest_checkpoint, load_checkpoint, load_weights, remove_stale_temp_files, save_checkpoint,
+    write_atomic, Checkpoint, RngState, Weights, CHECKPOINT_FORMAT,
 };
 pub use data::{BatchSource, ShuffledBatches, Toy2d, ToyBatches};
 pub use datasets::{
@@ -91,15 +96,23 @@ pub use datasets::{
 pub use discrete::{draw_labels, DdpmLoss, SmldLoss};
 pub use ema::Ema;
 pub use error::{Error, Result};
+pub use hooks::{HookInfo, HookSchedule};
 pub use importance::ImportanceSampler;
 pub use loss::{SdeLoss, SdeLossOptions, TrainingLoss};
 pub use mnist5k::{mnist5k, Split, MNIST5K_README};
+#[cfg(feature = "mpi")]
+pub use mpi;
+#[cfg(feature = "mpi")]
+pub use mpi_reducer::MpiReducer;
+#[cfg(feature = "nccl")]
+pub use nccl_reducer::{nccl_id_via_file, NcclReducer};
 pub use optim::{named_vars, Adam, AdamConfig, LrDecay, StepStats};
-pub use parallel::GradientReducer;
-pub use ssm::{Projection, SlicedScoreMatching, SsmOptions};
-pub use trainer::{
-    latest_checkpoint, HookInfo, HookSchedule, StepRecord, TrainConfig, TrainSummary, Trainer,
+pub use parallel::{
+    buffer_dtype, data_rng, eval_noise, step_noise, GradientReducer, LaunchEnv, ShardedBatches,
+    SingleProcess,
 };
+pub use ssm::{Projection, SlicedScoreMatching, SsmOptions};
+pub use trainer::{StepRecord, TrainConfig, TrainSummary, Trainer};
 pub use transforms::{inverse_scaler, random_flip, scaler, uniform_dequantize};
 
 /// The README's example, compiled and run as a doctest.

@@ -17,9 +17,10 @@ use crate::checkpoint::{load_checkpoint, match_tensors, save_checkpoint, Checkpo
 use crate::data::BatchSource;
 use crate::ema::Ema;
 use crate::error::{check_param, Error, Result};
+use crate::hooks::{Hook, HookInfo, HookSchedule};
 use crate::loss::TrainingLoss;
 use crate::optim::{Adam, AdamConfig};
-use crate::parallel::GradientReducer;
+use crate::parallel::{data_rng, eval_noise, step_noise, GradientReducer};
 
 /// Settings of a training run (`config.training` + `config.optim` of the reference).
 /// Defaults: 1000 steps, log every 50, no eval, no checkpoints, EMA decay 0.999, the reference
@@ -78,35 +79,6 @@ pub struct StepRecord {
     pub grad_norm: f64,
 }
 
-/// When a hook runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookSchedule {
-    /// After every k-th step (k ≥ 1).
-    Every(u64),
-    /// After each checkpoint is written.
-    OnCheckpoint,
-}
-
-/// What a hook sees.
-pub struct HookInfo<'i> {
-    /// Steps done.
-    pub step: u64,
-    /// The last training loss.
-    pub loss: Option<f64>,
-    /// The checkpoint just written ([`HookSchedule::OnCheckpoint`]).
-    pub checkpoint: Option<&'i Path>,
-    /// The model's variables (holding the EMA weights if the hook asked for them).
-    pub varmap: &'i VarMap,
-}
-
-type HookFn<'a> = Box<dyn FnMut(&HookInfo<'_>) -> Result<()> + 'a>;
-
-struct Hook<'a> {
-    schedule: HookSchedule,
-    use_ema: bool,
-    f: HookFn<'a>,
-}
-
 /// Results of [`Trainer::run`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSummary {
@@ -159,6 +131,8 @@ pub struct Trainer<'a, M: ?Sized, L> {
     checkpoint_dir: Option<PathBuf>,
     hooks: Vec<Hook<'a>>,
     reducer: Option<Box<dyn GradientReducer + 'a>>,
+    /// Per-sample noise and sharded data ([`Trainer::with_data_parallel`]).
+    data_parallel: bool,
     last_loss: Option<f64>,
 }
 
@@ -212,6 +186,7 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
             checkpoint_dir: None,
             hooks: Vec::new(),
             reducer: None,
+            data_parallel: false,
             last_loss: None,
         })
     }
@@ -241,10 +216,41 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
         Ok(self)
     }
 
-    /// Installs the data-parallel gradient all-reduce.
+    /// Installs a gradient all-reduce and keeps the single-stream noise of a plain run (a test
+    /// seam; data-parallel training uses [`with_data_parallel`](Self::with_data_parallel)).
     pub fn with_reducer(mut self, reducer: impl GradientReducer + 'a) -> Self {
         self.reducer = Some(Box::new(reducer));
         self
+    }
+
+    /// Trains as rank `reducer.rank()` of `reducer.world_size()` data-parallel replicas:
+    ///
+    /// - the batch source must give this rank's rows of every global batch
+    ///   ([`crate::ShardedBatches`]) and receives [`data_rng`]`(seed, step)`, the same on every
+    ///   rank;
+    /// - the loss draws from [`step_noise`]`(seed, step, r·B_local)`, per global sample, so R
+    ///   ranks draw what one process draws for the whole batch;
+    /// - gradients and the loss are averaged by the reducer before clipping and Adam, and the
+    ///   finiteness checks run after the reduction (all ranks stop together);
+    /// - only rank 0 logs, shows the bar and writes checkpoints; every rank meets at a barrier
+    ///   after each snapshot step, and every rank resumes from the same file.
+    ///
+    /// With [`crate::SingleProcess`] this is the one-process run that R ranks reproduce up to
+    /// f32 summation order. Checkpoints record the world size; see `docs/training.md`.
+    pub fn with_data_parallel(mut self, reducer: impl GradientReducer + 'a) -> Self {
+        self.reducer = Some(Box::new(reducer));
+        self.data_parallel = true;
+        self
+    }
+
+    /// This replica's rank (0 without a reducer).
+    pub fn rank(&self) -> usize {
+        self.reducer.as_ref().map_or(0, |r| r.rank())
+    }
+
+    /// Number of replicas (1 without a reducer).
+    pub fn world_size(&self) -> usize {
+        self.reducer.as_ref().map_or(1, |r| r.world_size())
     }
 
     /// Adds a hook (e.g. sample with `sde-solvers` and write a PNG grid). With `use_ema` the
@@ -303,18 +309,30 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
     /// (`step_fn(state, batch)` with `train = True`).
     #[doc(alias = "step_fn")]
     pub fn train_step(&mut self, batch: &Tensor) -> Result<StepRecord> {
-        let loss_t = self.loss.loss(self.model, batch, true, &mut self.rng)?;
-        let loss = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !loss.is_finite() {
-            return Err(Error::NonFinite {
-                what: format!("training loss at step {}", self.step + 1),
-            });
+        let loss_t = if self.data_parallel {
+            let first = (self.rank() * batch.dim(0)?) as u64;
+            let mut noise = step_noise(self.config.seed, self.step, first);
+            self.loss.loss(self.model, batch, true, &mut noise)?
+        } else {
+            self.loss.loss(self.model, batch, true, &mut self.rng)?
+        };
+        let local = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let non_finite = |step: u64, what: &str| Error::NonFinite {
+            what: format!("training loss at step {step}{what}"),
+        };
+        // Data-parallel ranks check after the reduction, so that all of them stop together.
+        if !self.data_parallel && !local.is_finite() {
+            return Err(non_finite(self.step + 1, ""));
         }
         let grads = loss_t.backward()?;
         let mut g = self.adam.collect_grads(&grads)?;
         drop(grads);
-        if let Some(r) = self.reducer.as_mut() {
-            r.all_reduce(&mut g)?;
+        let loss = match self.reducer.as_mut() {
+            Some(r) => r.all_reduce_step(&mut g, local)?,
+            None => local,
+        };
+        if !loss.is_finite() {
+            return Err(non_finite(self.step + 1, " (mean over the ranks)"));
         }
         let stats = self.adam.step(&g)?;
         self.ema.update()?;
@@ -329,14 +347,28 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
     }
 
     /// The evaluation loss on `batch` with the EMA weights and `train = false`, drawing from a
-    /// generator keyed by `(seed, step)` so that evaluating never perturbs training.
+    /// generator keyed by `(seed, step)` so that evaluating never perturbs training. Under
+    /// [`with_data_parallel`](Self::with_data_parallel) it is collective: every rank passes its
+    /// shard, draws [`eval_noise`] per global sample, and gets the mean over the ranks.
     pub fn eval_loss(&mut self, batch: &Tensor) -> Result<f64> {
-        let mut rng = self.eval_rng();
         let (model, loss) = (self.model, &self.loss);
-        self.ema.with_ema_weights(|| {
-            let l = loss.loss(model, batch, false, &mut rng)?;
+        if !self.data_parallel {
+            let mut rng = self.eval_rng();
+            return self.ema.with_ema_weights(|| {
+                let l = loss.loss(model, batch, false, &mut rng)?;
+                Ok(l.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+            });
+        }
+        let first = (self.rank() * batch.dim(0)?) as u64;
+        let mut noise = eval_noise(self.config.seed, self.step, first);
+        let local = self.ema.with_ema_weights(|| {
+            let l = loss.loss(model, batch, false, &mut noise)?;
             Ok(l.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-        })
+        })?;
+        match self.reducer.as_mut() {
+            Some(r) => r.all_reduce_step(&mut [], local),
+            None => Ok(local),
+        }
     }
 
     fn eval_rng(&self) -> ChaCha8Rng {
@@ -346,6 +378,9 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
     }
 
     fn write_log(&mut self, line: serde_json::Value) -> Result<()> {
+        if self.rank() != 0 {
+            return Ok(());
+        }
         if let Some(log) = self.log.as_mut() {
             let path = self.log_path.clone().unwrap_or_default();
             serde_json::to_writer(&mut *log, &line)?;
@@ -390,8 +425,16 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
         mut eval: Option<&mut dyn BatchSource>,
     ) -> Result<TrainSummary> {
         let n = self.config.n_iters;
+        let (rank, world) = (self.rank(), self.world_size());
+        if self.data_parallel && world > 1 && data.shard() != Some((rank, world)) {
+            return Err(Error::ShapeMismatch {
+                what: "data-parallel batch source (Trainer::run)",
+                expected: format!("rank {rank}'s shard of {world} (wrap it in ShardedBatches)"),
+                got: format!("{:?}", data.shard()),
+            });
+        }
         let bar = ProgressBar::new(n);
-        if self.config.progress {
+        if self.config.progress && rank == 0 {
             bar.set_style(
                 ProgressStyle::with_template(
                     "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}",
@@ -408,7 +451,11 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
             checkpoints: Vec::new(),
         };
         while self.step < n {
-            let batch = data.batch(self.step, &mut self.rng)?;
+            let batch = if self.data_parallel {
+                data.batch(self.step, &mut data_rng(self.config.seed, self.step))?
+            } else {
+                data.batch(self.step, &mut self.rng)?
+            };
             let rec = self.train_step(&batch)?;
             summary.losses.push(rec.loss);
             let s = self.step;
@@ -429,10 +476,19 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
                 }
             }
             self.run_hooks(None)?;
-            let snap = self.config.snapshot_freq;
-            if self.checkpoint_dir.is_some() && (due(s, snap) || s == n) {
+            let snapshot = due(s, self.config.snapshot_freq) || s == n;
+            if snapshot && self.checkpoint_dir.is_some() && rank == 0 {
+                self.save_checkpoint(self.checkpoint_path(s))?;
+            }
+            // No rank passes a snapshot step before rank 0's file is on disk (the schedule is
+            // the config's, so the same on ranks without a checkpoint directory).
+            if snapshot && self.data_parallel {
+                if let Some(r) = self.reducer.as_mut() {
+                    r.barrier()?;
+                }
+            }
+            if snapshot && self.checkpoint_dir.is_some() {
                 let path = self.checkpoint_path(s);
-                self.save_checkpoint(&path)?;
                 self.run_hooks(Some(&path))?;
                 summary.checkpoints.push(path);
             }
@@ -473,8 +529,21 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
             adam_m: m,
             adam_v: v,
             rng: RngState::of(&self.rng),
-            config: serde_json::to_value(&self.config)?,
+            config: self.checkpoint_config()?,
         })
+    }
+
+    /// The run's config as checkpoints record it: [`TrainConfig`], plus
+    /// `"data_parallel": {"world_size": R}` for a data-parallel run.
+    fn checkpoint_config(&self) -> Result<serde_json::Value> {
+        let mut config = serde_json::to_value(&self.config)?;
+        if let (true, Some(obj)) = (self.data_parallel, config.as_object_mut()) {
+            obj.insert(
+                "data_parallel".into(),
+                serde_json::json!({ "world_size": self.world_size() }),
+            );
+        }
+        Ok(config)
     }
 
     /// Writes the training state to `path` atomically ([`save_checkpoint`]).
@@ -485,11 +554,47 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
     /// Restores the exact training state from `path`: weights, EMA, Adam moments, step and
     /// RNG. The checkpoint's `ema_decay`, `optim`, `seed` and `extra` must equal this run's
     /// (`n_iters`, frequencies and the progress bar may change); any difference, and any
-    /// missing, extra or wrongly shaped tensor, is [`Error::CheckpointMismatch`].
+    /// missing, extra or wrongly shaped tensor, is [`Error::CheckpointMismatch`]. A plain
+    /// checkpoint cannot resume a data-parallel run or the reverse (their noise streams differ);
+    /// a data-parallel one may resume on another world size (rank 0 prints a warning: the run
+    /// continues up to f32 summation order, see `docs/training.md`).
     pub fn resume(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let ckpt = load_checkpoint(path)?;
-        let mine = serde_json::to_value(&self.config)?;
+        let mine = self.checkpoint_config()?;
+        let old_world = ckpt
+            .config
+            .get("data_parallel")
+            .map(|d| d["world_size"].clone());
+        match (&old_world, self.data_parallel) {
+            (Some(_), false) | (None, true) => {
+                return Err(Error::CheckpointMismatch {
+                    path: path.to_path_buf(),
+                    what: format!(
+                        "checkpoint is {}, this run is {} (their noise streams differ)",
+                        if old_world.is_some() {
+                            "data-parallel"
+                        } else {
+                            "plain"
+                        },
+                        if self.data_parallel {
+                            "data-parallel"
+                        } else {
+                            "plain"
+                        },
+                    ),
+                })
+            }
+            (Some(w), true) if *w != serde_json::json!(self.world_size()) && self.rank() == 0 => {
+                eprintln!(
+                    "warning: {} was written by {w} rank(s), resuming on {}: same data and \
+                     noise per sample, gradient sums in another order (f32 round-off)",
+                    path.display(),
+                    self.world_size()
+                );
+            }
+            _ => {}
+        }
         for key in ["ema_decay", "optim", "seed", "extra"] {
             let (a, b) = (ckpt.config.get(key), mine.get(key));
             if a != b {
@@ -523,33 +628,4 @@ impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
         self.last_loss = None;
         Ok(())
     }
-}
-
-/// The checkpoint with the highest step in `dir` (`checkpoint_<step>.safetensors`), if any.
-pub fn latest_checkpoint(dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
-    let dir = dir.as_ref();
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    let mut best: Option<(u64, PathBuf)> = None;
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let step = name
-            .strip_prefix("checkpoint_")
-            .and_then(|s| s.strip_suffix(".safetensors"))
-            .and_then(|s| s.parse::<u64>().ok());
-        if let Some(s) = step {
-            let better = match &best {
-                Some((b, _)) => s > *b,
-                None => true,
-            };
-            if better {
-                best = Some((s, entry.path()));
-            }
-        }
-    }
-    Ok(best.map(|(_, p)| p))
 }

@@ -266,7 +266,11 @@ fn the_same_state_saves_to_the_same_bytes() {
     for i in 0..10 {
         let p = dir.join(format!("b{i}.safetensors"));
         save_checkpoint(&p, &ckpt).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), want, "save {i} wrote other bytes");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            want,
+            "save {i} wrote other bytes"
+        );
     }
     // And it still loads and verifies.
     assert_eq!(load_checkpoint(&first).unwrap().step, 120);
