@@ -30,11 +30,9 @@ use scoresde::images::{self, ImageArgs};
 use scoresde::toy::{self, host, AnyResult, ToyArgs};
 use sde_core::{ScoreModelFn, Sde, SubVpSde, VpSde};
 use sde_solvers::corrector::NoCorrector;
-use sde_solvers::driver::Sampler;
 use sde_solvers::ode_sampler::{OdeSampler, OdeSamplerOptions};
 use sde_solvers::pc::PcSampler;
 use sde_solvers::predictor::{AncestralSamplingPredictor, ReverseDiffusionPredictor};
-use sde_solvers::samplers::SamplerKind;
 use sde_solvers::schedule::Schedule;
 use sde_train::{DdpmLoss, SdeLoss, SdeLossOptions, Toy2d};
 
@@ -50,7 +48,7 @@ struct Args {
     #[arg(long)]
     likelihood_weighting: bool,
     /// Also sample with a fast sampler, uniform in log-SNR: ddim, ddim-eta1, dpm++2m, dpm++3m,
-    /// dpm++2s, sde-dpm++2m, unipc, heun.
+    /// dpm++2s, sde-dpm++2m, unipc, heun; or `adaptive` (adaptive-step reverse SDE).
     #[arg(long)]
     sampler: Option<String>,
     /// Steps of the `--sampler`.
@@ -67,6 +65,9 @@ struct Args {
 
 fn main() -> AnyResult<()> {
     let mut a = Args::parse();
+    if let Some(name) = &a.sampler {
+        scoresde::fast::check_sampler_name(name)?;
+    }
     std::fs::create_dir_all(&a.out)?;
     if let Some(done) = images::run_if_requested(&a.images, images::Family::Vp, &a.out, &a.run) {
         return done;
@@ -184,32 +185,24 @@ fn run<S: Sde>(a: &Args, toy_kind: Toy2d, sde: &S, vp: Option<&VpSde>) -> AnyRes
         t.elapsed().as_secs_f64(),
     ));
     // A fast sampler (`--sampler`), uniform in log-SNR from T to 1e-3.
-    let fast_name = a
-        .sampler
-        .clone()
-        .map(|n| format!("{n} ({} steps)", a.sampler_steps));
-    if let (Some(name), Some(label)) = (&a.sampler, &fast_name) {
-        let kind: SamplerKind = name.parse()?;
-        let t = Instant::now();
-        let out = Sampler::new(
-            kind,
-            Schedule::UniformLogSnr { sampling_eps: 1e-3 },
-            a.sampler_steps,
-        )
-        .sample(
-            sde,
-            &score,
-            shape.clone(),
-            &Device::Cpu,
-            DType::F32,
-            &mut rng,
-        )?;
-        results.push((
-            label.as_str(),
-            out.nfe,
-            host(&out.x)?,
-            t.elapsed().as_secs_f64(),
-        ));
+    let fast = match &a.sampler {
+        Some(name) => {
+            let t = Instant::now();
+            let (x, nfe, label) = scoresde::fast::sample_by_name(
+                name,
+                a.sampler_steps,
+                Schedule::UniformLogSnr { sampling_eps: 1e-3 },
+                sde,
+                &score,
+                shape.clone(),
+                &mut rng,
+            )?;
+            Some((label, nfe, host(&x)?, t.elapsed().as_secs_f64()))
+        }
+        None => None,
+    };
+    if let Some((label, nfe, x, secs)) = &fast {
+        results.push((label.as_str(), *nfe, x.clone(), *secs));
     }
     // Probability-flow trajectories of 32 particles (the discretised ODE: smooth paths).
     let mut paths = Vec::new();

@@ -29,10 +29,8 @@ use scoresde::images::{self, ImageArgs};
 use scoresde::toy::{self, host, AnyResult, ToyArgs};
 use sde_core::{ScoreModelFn, VeSde};
 use sde_solvers::corrector::{AnnealedLangevinDynamics, LangevinCorrector, NoCorrector};
-use sde_solvers::driver::Sampler;
 use sde_solvers::pc::PcSampler;
 use sde_solvers::predictor::{NoPredictor, ReverseDiffusionPredictor};
-use sde_solvers::samplers::SamplerKind;
 use sde_solvers::schedule::Schedule;
 use sde_train::{SdeLoss, SdeLossOptions};
 
@@ -51,7 +49,7 @@ struct Args {
     #[arg(long, default_value_t = 0.16)]
     snr: f64,
     /// Also sample with a fast sampler on EDM's ρ-schedule: ddim, ddim-eta1, dpm++2m, dpm++3m,
-    /// dpm++2s, sde-dpm++2m, unipc, heun.
+    /// dpm++2s, sde-dpm++2m, unipc, heun; or `adaptive` (adaptive-step reverse SDE).
     #[arg(long)]
     sampler: Option<String>,
     /// Steps of the `--sampler`.
@@ -68,6 +66,9 @@ struct Args {
 
 fn main() -> AnyResult<()> {
     let mut a = Args::parse();
+    if let Some(name) = &a.sampler {
+        scoresde::fast::check_sampler_name(name)?;
+    }
     std::fs::create_dir_all(&a.out)?;
     if let Some(done) = images::run_if_requested(&a.images, images::Family::Ve, &a.out, &a.run) {
         return done;
@@ -155,22 +156,22 @@ fn main() -> AnyResult<()> {
     // A fast sampler (`--sampler`) on EDM's ρ = 7 schedule from σ_max down to σ(1e-5).
     let fast = match &a.sampler {
         Some(name) => {
-            let kind: SamplerKind = name.parse()?;
             let sched = Schedule::Karras {
                 sigma_min: sde.sigma(1e-5),
                 sigma_max: a.sigma_max,
                 rho: 7.0,
             };
             let t = Instant::now();
-            let out = Sampler::new(kind, sched, a.sampler_steps).sample(
+            let (x, nfe, label) = scoresde::fast::sample_by_name(
+                name,
+                a.sampler_steps,
+                sched,
                 &sde,
                 &score,
                 shape,
-                &Device::Cpu,
-                DType::F32,
                 &mut rng,
             )?;
-            Some((name.clone(), out, t.elapsed().as_secs_f64()))
+            Some((label, x, nfe, t.elapsed().as_secs_f64()))
         }
         None => None,
     };
@@ -211,10 +212,10 @@ fn main() -> AnyResult<()> {
     toy::print_quality("PC: reverse diffusion+Langevin", &q_pc, pc_out.nfe, pc_s);
     toy::print_quality("reverse diffusion only", &q_rd, rd_out.nfe, 0.0);
     let mut fast_json = serde_json::Value::Null;
-    if let Some((name, out, secs)) = &fast {
-        let q = toy::quality(toy_kind, &host(&out.x)?, a.run.seed)?;
-        toy::print_quality(name, &q, out.nfe, *secs);
-        fast_json = serde_json::json!({"sampler": name, "steps": a.sampler_steps, "nfe": out.nfe, "quality": q, "seconds": secs});
+    if let Some((name, x, nfe, secs)) = &fast {
+        let q = toy::quality(toy_kind, &host(x)?, a.run.seed)?;
+        toy::print_quality(name, &q, *nfe, *secs);
+        fast_json = serde_json::json!({"sampler": name, "steps": a.sampler_steps, "nfe": nfe, "quality": q, "seconds": secs});
     }
     toy::print_likelihood(&lik);
     let summary_json = serde_json::json!({

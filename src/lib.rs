@@ -8,6 +8,7 @@
 //! The crates themselves are re-exported for convenience.
 #![warn(missing_docs)]
 
+pub mod fast;
 pub mod images;
 pub mod metrics;
 pub mod mnist;

@@ -76,6 +76,28 @@ fn ddpm_quick_runs() {
     );
 }
 
+/// `--sampler adaptive` runs the adaptive-step reverse SDE; its samples cover every mode.
+#[test]
+fn the_adaptive_sampler_runs_in_both_toy_examples() {
+    let s = run("smld", &["--sampler", "adaptive"]);
+    let f = &s["fast_sampler"];
+    assert!(f["nfe"].as_u64().unwrap() > 10, "{s}");
+    assert_eq!(f["quality"]["modes"]["modes_covered"], 8, "{s}");
+    let s = run("ddpm", &["--sampler", "adaptive"]);
+    let a = &s["samplers"]["adaptive (tolerance)"];
+    assert!(a["nfe"].as_u64().unwrap() > 10, "{s}");
+    // An unknown name is refused before training, naming the choices.
+    let out = Command::new(example("ddpm"))
+        .args(["--quick", "--sampler", "bogus", "--out"])
+        .arg(std::env::temp_dir().join(format!("scoresde-test-bogus-{}", std::process::id())))
+        .output()
+        .expect("example runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bogus") && err.contains("adaptive"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("loss"), "trained first");
+}
+
 #[test]
 fn custom_sde_quick_runs() {
     let s = run("custom_sde", &[]);
