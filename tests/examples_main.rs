@@ -95,7 +95,10 @@ fn the_adaptive_sampler_runs_in_both_toy_examples() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bogus") && err.contains("adaptive"), "{err}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("loss"), "trained first");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("loss"),
+        "trained first"
+    );
 }
 
 #[test]
