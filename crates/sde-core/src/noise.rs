@@ -272,8 +272,8 @@ impl NoiseSource for PerSampleNoise {
 }
 
 /// The next output of SplitMix64 (Steele, Lea & Flood, 2014) from `state`: the seeding
-/// generator of the xoshiro streams.
-fn splitmix64(state: &mut u64) -> u64 {
+/// generator of the xoshiro streams, and a good 64-bit mixer for deriving stream keys.
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -7,7 +7,7 @@
 use candle_core::{DType, Tensor};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sde_core::noise::PerSampleNoise;
+use sde_core::noise::{splitmix64, PerSampleNoise};
 
 use crate::data::BatchSource;
 use crate::error::{Error, Result};
@@ -79,12 +79,10 @@ pub fn buffer_dtype(grads: &[Tensor]) -> DType {
     }
 }
 
-/// SplitMix64 finaliser of `z` (Steele, Lea & Flood, 2014): keys of derived streams.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// The key of stream `b` under seed `a`: SplitMix64 of SplitMix64(a) ⊕ b.
+fn key(a: u64, b: u64) -> u64 {
+    let mut z = splitmix64(&mut { a }) ^ b;
+    splitmix64(&mut z)
 }
 
 /// Seed offsets of the derived streams (training noise, evaluation noise, data).
@@ -97,19 +95,19 @@ const DATA_SEED_XOR: u64 = 0xD15C_0DE0_0000_0003;
 /// of `(seed, step, i, draw number)` only. Every rank draws for its samples exactly what one
 /// process draws for them in the whole batch, whatever R.
 pub fn step_noise(seed: u64, step: u64, first_sample: u64) -> PerSampleNoise {
-    PerSampleNoise::new(mix(mix(seed ^ STEP_NOISE_XOR) ^ step)).with_offset(first_sample)
+    PerSampleNoise::new(key(seed ^ STEP_NOISE_XOR, step)).with_offset(first_sample)
 }
 
 /// The evaluation-loss noise of step `step`, like [`step_noise`] on an independent key.
 pub fn eval_noise(seed: u64, step: u64, first_sample: u64) -> PerSampleNoise {
-    PerSampleNoise::new(mix(mix(seed ^ EVAL_NOISE_XOR) ^ step)).with_offset(first_sample)
+    PerSampleNoise::new(key(seed ^ EVAL_NOISE_XOR, step)).with_offset(first_sample)
 }
 
 /// The generator a data-parallel trainer hands its [`BatchSource`] at step `step`: ChaCha8 keyed
 /// by `(seed, step)`, the same on every rank, so that every rank draws the same global batch
 /// (fresh toy points, flips) and [`ShardedBatches`] keeps its rows.
 pub fn data_rng(seed: u64, step: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ DATA_SEED_XOR));
+    let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(&mut (seed ^ DATA_SEED_XOR)));
     rng.set_stream(step);
     rng
 }

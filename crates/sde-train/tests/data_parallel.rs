@@ -31,7 +31,7 @@ const GLOBAL_BATCH: usize = 32;
 struct ThreadReducer {
     rank: usize,
     world: usize,
-    slots: Arc<Mutex<Vec<Vec<f64>>>>,
+    slots: Arc<Mutex<Vec<Vec<f32>>>>,
     barrier: Arc<Barrier>,
 }
 
@@ -60,7 +60,7 @@ impl GradientReducer for ThreadReducer {
             flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         }
         flat.push(loss as f32);
-        self.slots.lock().unwrap()[self.rank] = flat.iter().map(|&v| v as f64).collect();
+        self.slots.lock().unwrap()[self.rank] = flat.clone();
         self.barrier.wait();
         let sum: Vec<f32> = {
             let slots = self.slots.lock().unwrap();
@@ -68,7 +68,7 @@ impl GradientReducer for ThreadReducer {
                 .map(|i| {
                     let mut s = 0f32;
                     for r in slots.iter() {
-                        s += r[i] as f32;
+                        s += r[i];
                     }
                     s
                 })
