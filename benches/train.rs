@@ -9,6 +9,9 @@
 //!   EMA 42).
 //! - `cpu_train_step_mlp_b256_2d`: the score-nets MLP on 8 Gaussians, batch 256 (the toy
 //!   training of the examples).
+//! - `cpu_train_step_mlp_ve_b512`: the MLP's VE step of `../shared/baselines/mlp_torch.py`
+//!   (`MlpConfig::ve(2)`, σ ∈ [0.01, 8], Adam lr 2e-3, batch 512; plus EMA). The same-minutes
+//!   comparison with PyTorch is `examples/bench_mlp.rs` (docs/performance.md).
 //!
 //! `cargo bench --bench train` (sample size 10). `SDE_TRAIN_BENCH_MLP_ONLY=1` skips DDPM++.
 
@@ -137,6 +140,28 @@ fn bench_mlp(c: &mut Criterion) {
     let mut g = c.benchmark_group("train");
     g.sample_size(10).measurement_time(Duration::from_secs(2));
     g.bench_function("cpu_train_step_mlp_b256_2d", |b| {
+        b.iter(|| trainer.train_step(&batch).unwrap().loss)
+    });
+    let vm = candle_nn::VarMap::new();
+    let net = Mlp::new(
+        &MlpConfig::ve(2),
+        seeded_var_builder(&vm, 0, DType::F32, &dev),
+    )
+    .unwrap();
+    let sde = sde_core::VeSde::new(0.01, 8.0, 1000).unwrap();
+    let loss = SdeLoss::new(&sde, SdeLossOptions::default()).unwrap();
+    let config = TrainConfig {
+        optim: AdamConfig {
+            lr: 2e-3,
+            warmup: 0,
+            grad_clip: None,
+            ..Default::default()
+        },
+        ..train_config(0.999)
+    };
+    let mut trainer = Trainer::new(&net, &vm, loss, config).unwrap();
+    let batch = rng.randn(&(512, 2).into(), &dev, DType::F32).unwrap();
+    g.bench_function("cpu_train_step_mlp_ve_b512", |b| {
         b.iter(|| trainer.train_step(&batch).unwrap().loss)
     });
     g.finish();

@@ -42,6 +42,7 @@ pub mod init;
 mod input;
 pub mod layers;
 mod mlp;
+mod mlp_cpu;
 mod ncsnpp;
 mod reference;
 

@@ -7,9 +7,12 @@
 use candle_core::{DType, Tensor};
 use candle_nn::{Init, Linear, Module, VarBuilder};
 
+use sde_kernels::mlp::{MlpSpec, Save, TimeEmbedding};
+
 use crate::error::{Error, Result};
 use crate::init::default_init;
 use crate::layers::{get_timestep_embedding, GaussianFourierProjection};
+use crate::mlp_cpu::FusedMlp;
 
 /// How the MLP embeds its time label (see [`MlpConfig::embedding`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -162,6 +165,15 @@ pub struct Mlp {
     output: Linear,
 }
 
+/// Which implementation a forward call uses.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    /// The fused CPU kernel where it applies (keeping activations or not), else candle ops.
+    Auto(Save),
+    /// Candle ops.
+    CandleOps,
+}
+
 /// An affine layer with the reference's `default_init` weight `[out, in]` and a zero bias.
 fn dense(vb: VarBuilder, fan_in: usize, fan_out: usize) -> Result<Linear> {
     let shape: candle_core::Shape = (fan_out, fan_in).into();
@@ -235,7 +247,82 @@ impl Mlp {
     /// The network output for `x: [B, D]` and `labels: [B]` (float, or integer labels which
     /// are cast to `x`'s dtype). Errors with [`Error::Input`] on a wrong shape, a non-float `x`,
     /// or non-positive labels where $\log(\text{label})$ or $1/\text{label}$ is taken.
+    ///
+    /// On the CPU in float32 the network runs as one fused op (`sde_kernels::mlp`: blocked
+    /// GEMMs, vector SiLU, the time path computed once when all labels are equal) with its own
+    /// backward pass; elsewhere, and in [`forward_reference`](Self::forward_reference), as plain
+    /// candle ops. The two agree to float32 rounding (tested).
     pub fn forward(&self, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, labels, Path::Auto(Save::Nothing))
+    }
+
+    /// [`forward`](Self::forward) in plain candle ops on every device and dtype: the reference
+    /// the fused CPU path is tested against.
+    pub fn forward_reference(&self, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, labels, Path::CandleOps)
+    }
+
+    /// Whether the fused CPU kernel can run this call.
+    fn fused_applies(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.temb0.weight().dtype() == DType::F32
+            && self
+                .fourier
+                .as_ref()
+                .is_none_or(|f| f.weight().dtype() == DType::F32)
+    }
+
+    /// The network as one [`FusedMlp`] op.
+    fn forward_fused(&self, x: &Tensor, labels: &Tensor, save: Save) -> Result<Tensor> {
+        let c = &self.config;
+        let (time, freqs) = match (c.embedding, &self.fourier) {
+            (MlpEmbedding::Fourier { log_label, .. }, Some(proj)) => (
+                TimeEmbedding::Fourier { log_label },
+                proj.weight().to_vec1::<f32>()?,
+            ),
+            _ => {
+                // `get_timestep_embedding`'s table, computed the same way.
+                let half = c.embedding_dim / 2;
+                let emb = (10000f64.ln() / (half as f64 - 1.0)) as f32;
+                (
+                    TimeEmbedding::Positional,
+                    (0..half).map(|k| (k as f32 * -emb).exp()).collect(),
+                )
+            }
+        };
+        let spec = MlpSpec {
+            data_dim: c.data_dim,
+            hidden: c.hidden,
+            n_layers: c.n_layers,
+            embedding_dim: c.embedding_dim,
+            time,
+            scale_by_label: c.scale_by_sigma,
+        };
+        let mut flat = Vec::with_capacity(6 + 4 * c.n_layers + 2);
+        for lin in [&self.temb0, &self.temb1, &self.input]
+            .into_iter()
+            .chain(self.layers.iter().flat_map(|(a, b)| [a, b]))
+            .chain([&self.output])
+        {
+            flat.push(lin.weight().flatten_all()?);
+            let bias = lin
+                .bias()
+                .ok_or_else(|| Error::Config("Mlp: every layer has a bias".into()))?;
+            flat.push(bias.clone());
+        }
+        let theta = Tensor::cat(&flat, 0)?;
+        let op = FusedMlp {
+            spec,
+            freqs,
+            save,
+            saved: Default::default(),
+        };
+        Ok(x.contiguous()?
+            .apply_op3(&labels.contiguous()?, &theta, op)?)
+    }
+
+    fn forward_with(&self, x: &Tensor, labels: &Tensor, path: Path) -> Result<Tensor> {
         let d = self.config.data_dim;
         let (b, dx) = match x.dims() {
             &[b, dx] => (b, dx),
@@ -280,6 +367,11 @@ impl Mlp {
                 )));
             }
         }
+        if let Path::Auto(save) = path {
+            if self.fused_applies(x) {
+                return self.forward_fused(x, &labels, save);
+            }
+        }
         let emb = self.embed(&labels)?;
         let temb = self.temb1.forward(&self.temb0.forward(&emb)?.silu()?)?;
         let temb = temb.silu()?;
@@ -297,13 +389,19 @@ impl Mlp {
 }
 
 impl sde_core::ScoreModel for Mlp {
-    /// The MLP has no dropout: both modes compute the same function.
+    /// The MLP has no dropout: both modes compute the same function (training mode only keeps
+    /// the fused kernel's activations for the backward pass).
     fn forward_t(
         &self,
         x: &Tensor,
         labels: &Tensor,
-        _mode: sde_core::Mode<'_>,
+        mode: sde_core::Mode<'_>,
     ) -> sde_core::Result<Tensor> {
-        Ok(self.forward(x, labels)?)
+        // Training backpropagates: keep the activations for the backward pass.
+        let save = match mode {
+            sde_core::Mode::Train(_) => Save::Activations,
+            sde_core::Mode::Eval => Save::Nothing,
+        };
+        Ok(self.forward_with(x, labels, Path::Auto(save))?)
     }
 }

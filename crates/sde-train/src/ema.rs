@@ -100,10 +100,7 @@ impl Ema {
                 // One fused host loop (CPU f32): θ̄ ← θ̄ − (1 − d)(θ̄ − θ).
                 let th = theta.flatten_all()?.to_vec1::<f32>()?;
                 let mut sh = s.flatten_all()?.to_vec1::<f32>()?;
-                let k = (1.0 - d) as f32;
-                for (a, b) in sh.iter_mut().zip(&th) {
-                    *a -= k * (*a - *b);
-                }
+                sde_kernels::simd::ema_update(&mut sh, &th, (1.0 - d) as f32);
                 *s = Tensor::from_vec(sh, theta.shape(), &Device::Cpu)?;
             } else {
                 *s = (&*s - ((&*s - theta)? * (1.0 - d))?)?;

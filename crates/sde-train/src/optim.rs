@@ -280,17 +280,7 @@ impl Adam {
             Some(hg) => {
                 let mut acc = [0.0f64; 8];
                 for g in hg {
-                    let mut it = g.chunks_exact(8);
-                    for q in &mut it {
-                        for (a, &x) in acc.iter_mut().zip(q) {
-                            *a += (x as f64) * (x as f64);
-                        }
-                    }
-                    acc[0] += it
-                        .remainder()
-                        .iter()
-                        .map(|&x| (x as f64) * (x as f64))
-                        .sum::<f64>();
+                    sde_kernels::simd::sum_squares_f64(g, &mut acc);
                 }
                 acc.iter().sum::<f64>().sqrt()
             }
@@ -314,26 +304,24 @@ impl Adam {
         let step_size = lr / bc1;
         if let Some(hg) = host_grads {
             // 1 − β in f64 first: 1 − 0.999f32 is off by 5e-5 relative.
-            let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
-            let (one_m_b1, one_m_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-            let (clip, wd) = (clip as f32, c.weight_decay as f32);
-            let (inv_bc2, eps, step_size) =
-                ((1.0 / bc2_sqrt) as f32, c.eps as f32, step_size as f32);
+            let p = sde_kernels::simd::AdamStep {
+                beta1: c.beta1 as f32,
+                beta2: c.beta2 as f32,
+                one_minus_beta1: (1.0 - c.beta1) as f32,
+                one_minus_beta2: (1.0 - c.beta2) as f32,
+                clip: clip as f32,
+                weight_decay: c.weight_decay as f32,
+                inv_bias_correction2: (1.0 / bc2_sqrt) as f32,
+                eps: c.eps as f32,
+                step_size: step_size as f32,
+            };
             for (i, ((_, var), g)) in self.vars.iter().zip(hg).enumerate() {
                 let shape = var.shape().clone();
                 let mut theta = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
                 let mut m = self.m[i].flatten_all()?.to_vec1::<f32>()?;
                 let mut v = self.v[i].flatten_all()?.to_vec1::<f32>()?;
-                for j in 0..theta.len() {
-                    let mut gj = if clip < 1.0 { g[j] * clip } else { g[j] };
-                    if wd != 0.0 {
-                        gj += theta[j] * wd;
-                    }
-                    m[j] = m[j] * b1 + gj * one_m_b1;
-                    v[j] = v[j] * b2 + gj * gj * one_m_b2;
-                    let denom = v[j].sqrt() * inv_bc2 + eps;
-                    theta[j] -= m[j] / denom * step_size;
-                }
+                // one vectorised pass (sde-kernels), the same formula as below
+                sde_kernels::simd::adam_update(&p, &mut theta, &g, &mut m, &mut v);
                 var.set(&Tensor::from_vec(theta, &shape, &candle_core::Device::Cpu)?)?;
                 self.m[i] = Tensor::from_vec(m, &shape, &candle_core::Device::Cpu)?;
                 self.v[i] = Tensor::from_vec(v, &shape, &candle_core::Device::Cpu)?;

@@ -178,19 +178,10 @@ fn im2col_image<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
     }
 }
 
-/// Candle's CPU thread count (`candle_core::utils::get_num_threads`), read once: that function
-/// parses `/proc/cpuinfo` on every call, and the convolutions asked for it several times each
-/// (about a tenth of a batch-1 forward). Candle's pool itself is sized once per process too.
+/// The kernels' thread count (`sde_kernels::parallel::num_threads`: candle's CPU thread count,
+/// read once).
 pub(super) fn num_threads() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| candle_core::utils::get_num_threads().max(1))
-}
-
-/// `SCORE_NETS_GEMM_RAYON=1` selects gemm's own (rayon) parallelism for the one-image GEMMs
-/// instead of the column split on candle's pool, for comparisons on an idle machine.
-fn gemm_on_rayon() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SCORE_NETS_GEMM_RAYON").is_ok_and(|v| v == "1"))
+    sde_kernels::parallel::num_threads()
 }
 
 /// `dst[m, n] = lhs[m, k] · rhs[k, n]` (plus `dst` when `read_dst`), `dst` row-major with row
@@ -242,9 +233,6 @@ pub(super) unsafe fn gemm_cols<T: WithDType>(
             par,
         )
     };
-    if threads > 1 && gemm_on_rayon() {
-        return one(0, n, gemm::Parallelism::Rayon(threads));
-    }
     if threads <= 1 || n < 128 {
         return one(0, n, gemm::Parallelism::None);
     }

@@ -1,0 +1,105 @@
+//! The kernels on their own: the fused MLP forward (B = 3000, shared and distinct labels) and
+//! backward (B = 512) of the examples' network (`MlpConfig::ve(2)`: E = 64, H = 128, L = 3),
+//! and the vector SiLU.
+//!
+//! `cargo bench -p sde-kernels`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use sde_kernels::mlp::{backward, forward, Grads, MlpSpec, Save, TimeEmbedding};
+use sde_kernels::simd::silu_to;
+
+fn vals(n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * scale)
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let spec = MlpSpec {
+        data_dim: 2,
+        hidden: 128,
+        n_layers: 3,
+        embedding_dim: 64,
+        time: TimeEmbedding::Fourier { log_label: true },
+        scale_by_label: true,
+    };
+    let theta = vals(spec.n_params(), 0.1);
+    let freqs = vals(32, 16.0);
+    let x = vals(3000 * 2, 1.0);
+    let shared = vec![1.0f32; 3000];
+    let distinct: Vec<f32> = (0..3000).map(|i| 0.01 + i as f32 * 0.002).collect();
+    let mut out = vec![0.0; 3000 * 2];
+    c.bench_function("mlp_forward_b3000_shared_label", |b| {
+        b.iter(|| forward(&spec, &theta, &freqs, &x, &shared, &mut out, Save::Nothing))
+    });
+    c.bench_function("mlp_forward_b3000_distinct_labels", |b| {
+        b.iter(|| {
+            forward(
+                &spec,
+                &theta,
+                &freqs,
+                &x,
+                &distinct,
+                &mut out,
+                Save::Nothing,
+            )
+        })
+    });
+    let ybar = vals(512 * 2, 1.0);
+    let mut g = vec![0.0; theta.len()];
+    c.bench_function("mlp_backward_b512_distinct_labels", |b| {
+        b.iter(|| {
+            backward(
+                &spec,
+                &theta,
+                &freqs,
+                &x[..1024],
+                &distinct[..512],
+                &ybar,
+                None,
+                Grads {
+                    theta: &mut g,
+                    x: None,
+                    labels: None,
+                },
+            )
+        })
+    });
+    let mut out = vec![0.0; 1024];
+    c.bench_function(
+        "mlp_forward_saving_and_backward_b512_distinct_labels",
+        |b| {
+            b.iter(|| {
+                let saved = forward(
+                    &spec,
+                    &theta,
+                    &freqs,
+                    &x[..1024],
+                    &distinct[..512],
+                    &mut out,
+                    Save::Activations,
+                );
+                backward(
+                    &spec,
+                    &theta,
+                    &freqs,
+                    &x[..1024],
+                    &distinct[..512],
+                    &ybar,
+                    saved.as_ref(),
+                    Grads {
+                        theta: &mut g,
+                        x: None,
+                        labels: None,
+                    },
+                )
+            })
+        },
+    );
+    let z = vals(512 * 128, 8.0);
+    let mut h = vec![0.0; z.len()];
+    c.bench_function("silu_512x128", |b| b.iter(|| silu_to(&z, &mut h)));
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
