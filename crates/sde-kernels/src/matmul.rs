@@ -1,7 +1,7 @@
 //! Bounds-checked matrix views over the `gemm` crate (the GEMM candle-core uses, here with its
 //! AVX-512 micro-kernels enabled; they are chosen at run time).
 //!
-//! [`gemm`] computes $D \leftarrow A B$ or $D \leftarrow D + A B$ on one thread: callers
+//! [`fn@gemm`] computes $D \leftarrow A B$ or $D \leftarrow D + A B$ on one thread: callers
 //! parallelise over independent blocks with [`crate::parallel`], so that every product is
 //! summed in the same order whatever the thread count.
 
@@ -102,7 +102,7 @@ impl<'a> MatMut<'a> {
     }
 }
 
-/// Whether [`gemm`] overwrites or adds to its destination.
+/// Whether [`fn@gemm`] overwrites or adds to its destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accumulate {
     /// $D \leftarrow A B$.
