@@ -64,8 +64,9 @@ impl TimePath {
         let (h, e, bt) = (spec.hidden, spec.embedding_dim, labels.len());
         self.rows = bt;
         ensure(&mut self.emb, bt * e);
+        let mut p = Vec::with_capacity(e / 2);
         for (r, &l) in labels.iter().enumerate() {
-            embed(spec, freqs, l, &mut self.emb[r * e..(r + 1) * e]);
+            embed(spec, freqs, l, &mut self.emb[r * e..(r + 1) * e], &mut p);
         }
         ensure(&mut self.a0, bt * h);
         affine(&mut self.a0, &self.emb, theta, lay.t0w, lay.t0b, h, e);

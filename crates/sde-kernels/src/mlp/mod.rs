@@ -164,21 +164,20 @@ pub fn labels_shared(labels: &[f32]) -> bool {
         .is_some_and(|(l0, rest)| rest.iter().all(|l| l.to_bits() == l0.to_bits()))
 }
 
-/// The embedding $e(\ell)$ of one label into `out` (`[E]`).
-pub(crate) fn embed(spec: &MlpSpec, freqs: &[f32], label: f32, out: &mut [f32]) {
+/// The embedding $e(\ell)$ of one label into `out` (`[E]`); `p` is scratch for the arguments.
+pub(crate) fn embed(spec: &MlpSpec, freqs: &[f32], label: f32, out: &mut [f32], p: &mut Vec<f32>) {
     let half = freqs.len();
     let s = match spec.time {
         TimeEmbedding::Fourier { log_label: true } => label.ln(),
         _ => label,
     };
-    for (k, &w) in freqs.iter().enumerate() {
-        let p = match spec.time {
-            TimeEmbedding::Fourier { .. } => ((s * w) * 2.0) * std::f32::consts::PI,
-            TimeEmbedding::Positional => s * w,
-        };
-        out[k] = p.sin();
-        out[half + k] = p.cos();
-    }
+    p.clear();
+    p.extend(freqs.iter().map(|&w| match spec.time {
+        TimeEmbedding::Fourier { .. } => ((s * w) * 2.0) * std::f32::consts::PI,
+        TimeEmbedding::Positional => s * w,
+    }));
+    let (sin, cos) = out[..2 * half].split_at_mut(half);
+    crate::simd::sincos_to(p, sin, cos);
 }
 
 /// Fills the `rows × n` row-major `dst` with copies of the row `bias`.
