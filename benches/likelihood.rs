@@ -20,6 +20,7 @@ use sde_solvers::ode::{ErrorNorm, OdeMethod, Rk45Options};
 use sde_solvers::ode_sampler::{OdeSampler, OdeSamplerOptions};
 
 fn likelihood(c: &mut Criterion) {
+    score_nets::retain_freed_memory();
     let n = 10_000;
     let sde = VeSde::new(0.01, 50.0, 1000).expect("valid VE parameters");
     let gmm = GaussianMixture::ring(8, 4.0, 0.2).expect("valid mixture");

@@ -25,6 +25,7 @@ fn vjp(net: &NcsnPp, x: &Tensor, l: &Tensor, v: &Tensor) -> Tensor {
 }
 
 fn bench(c: &mut Criterion) {
+    score_nets::retain_freed_memory();
     let filter = std::env::var("NETS_BENCH_ONLY").unwrap_or_default();
     for (name, cfg, positional) in [
         (

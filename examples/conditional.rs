@@ -165,6 +165,8 @@ fn argmax(logits: &Tensor) -> Result<Vec<u32>, Box<dyn Error>> {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
+    // reuse freed tensor buffers instead of page-faulting new ones in (glibc)
+    score_nets::retain_freed_memory();
     scoresde::toy::single_threaded_candle();
     let mut args = Args::parse();
     if args.quick {

@@ -799,6 +799,8 @@ fn run_with_sde<S: Sde>(
 }
 
 fn main() -> AnyResult<()> {
+    // reuse freed tensor buffers instead of page-faulting new ones in (glibc)
+    score_nets::retain_freed_memory();
     let a = Args::parse();
     let dev = {
         #[cfg(feature = "cuda")]

@@ -233,6 +233,8 @@ fn repeat(images: &[f64], n: usize, reps: usize, c: usize) -> Result<Tensor, Box
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
+    // reuse freed tensor buffers instead of page-faulting new ones in (glibc)
+    score_nets::retain_freed_memory();
     scoresde::toy::single_threaded_candle();
     let mut args = Args::parse();
     if args.quick {

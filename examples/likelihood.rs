@@ -255,6 +255,8 @@ fn parity(closed: &[f64], exact: &[f64], hutch: &[f64], se: &[f64], lo: f64, hi:
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
+    // reuse freed tensor buffers instead of page-faulting new ones in (glibc)
+    score_nets::retain_freed_memory();
     scoresde::toy::single_threaded_candle();
     let mut args = Args::parse();
     if args.quick {

@@ -10,6 +10,8 @@ use score_nets::NcsnPpConfig;
 use scoresde::report::cpu_seconds;
 
 fn main() {
+    // reuse freed tensor buffers instead of page-faulting new ones in (glibc)
+    score_nets::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let net = args.get(1).map(String::as_str).unwrap_or("ncsnpp");
     let mode = args.get(2).map(String::as_str).unwrap_or("fwd");

@@ -246,6 +246,8 @@ fn table<S: Sde>(
 }
 
 fn main() -> AnyResult<()> {
+    // reuse freed tensor buffers instead of page-faulting new ones in (glibc)
+    score_nets::retain_freed_memory();
     let mut a = Args::parse();
     if a.quick {
         a.n = a.n.min(800);

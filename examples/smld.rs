@@ -65,6 +65,8 @@ struct Args {
 }
 
 fn main() -> AnyResult<()> {
+    // reuse freed tensor buffers instead of page-faulting new ones in (glibc)
+    score_nets::retain_freed_memory();
     let mut a = Args::parse();
     if let Some(name) = &a.sampler {
         scoresde::fast::check_sampler_name(name)?;

@@ -62,6 +62,8 @@ struct Args {
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
+    // reuse freed tensor buffers instead of page-faulting new ones in (glibc)
+    score_nets::retain_freed_memory();
     let a = Args::parse();
     // Small tensors: one candle thread is faster than two on a shared machine (set
     // CANDLE_NUM_THREADS to override); the result does not depend on it.

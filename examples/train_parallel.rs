@@ -59,6 +59,8 @@ struct Args {
 }
 
 fn main() {
+    // reuse freed tensor buffers instead of page-faulting new ones in (glibc)
+    score_nets::retain_freed_memory();
     let args = Args::parse();
     #[cfg(feature = "mpi")]
     let universe = sde_train::mpi::initialize().expect("MPI initialises once");

@@ -55,6 +55,14 @@ pub use reference::{
     CorrectorName, NetworkConfig, PredictorName, ReferenceConfig, ReferenceSde, SamplingMethod,
     SamplingSettings, ScoreNet,
 };
+/// Keeps freed tensor buffers in the process instead of returning them to the kernel (glibc's
+/// mmap and trim thresholds raised once): every CPU op allocates its output, and with glibc's
+/// defaults each large one is page-faulted in again, zero-filled. Measured on the MNIST-size
+/// DDPM++ training step: ~1.4x faster, 7x fewer page faults; the cost is that resident memory
+/// stays at its peak. Call it at the start of `main` before sampling or evaluating a network
+/// on the CPU (`sde_train::Trainer::new` calls it itself). Returns whether it took effect
+/// (`false` except on glibc).
+pub use sde_kernels::memory::retain_freed_memory;
 
 /// The crate README's example, compiled and run as a doc test.
 #[doc = include_str!("../README.md")]

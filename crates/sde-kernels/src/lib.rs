@@ -4,7 +4,9 @@
 //! - [`parallel`]: the one threading policy (tasks laid out by problem size, run on candle's CPU
 //!   pool, so results do not depend on the thread count).
 //! - [`simd`]: vector `exp`, SiLU and SiLU′ with run-time dispatch (AVX-512, AVX2+FMA, portable).
+//! - [`groupnorm`]: GroupNorm (+ SiLU) forward and backward over `[B, C, S]` activations.
 //! - [`matmul`]: bounds-checked matrix views over the `gemm` crate.
+//! - [`memory`]: keep freed tensor buffers in the process (glibc's thresholds).
 //! - [`mlp`]: the fused forward and backward pass of the time-conditioned MLP score network.
 //!
 //! Every function here takes plain slices and checks its sizes, so the API is safe; the
@@ -13,7 +15,9 @@
 #![warn(missing_docs)]
 
 pub mod buffers;
+pub mod groupnorm;
 pub mod matmul;
+pub mod memory;
 pub mod mlp;
 pub mod parallel;
 pub mod simd;

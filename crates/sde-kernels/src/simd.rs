@@ -85,7 +85,7 @@ fn exp_scalar(x: f32) -> f32 {
 
 /// The logistic sigmoid $1/(1+e^{-x})$ with the vector `exp`.
 #[inline(always)]
-fn sigmoid_scalar(x: f32) -> f32 {
+pub(crate) fn sigmoid_scalar(x: f32) -> f32 {
     // a NaN x gives a number here; every caller multiplies by x, which keeps the NaN
     1.0 / (1.0 + exp_core(-x))
 }
@@ -149,6 +149,8 @@ macro_rules! dispatch {
         }
     };
 }
+
+pub(crate) use dispatch;
 
 dispatch!(exp_dispatch, (x: &mut [f32]), exp_loop);
 dispatch!(silu_dispatch, (x: &mut [f32]), silu_loop);

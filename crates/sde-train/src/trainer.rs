@@ -156,7 +156,13 @@ const EVAL_SEED_XOR: u64 = 0x5EED_0E7A_1000_0001;
 
 impl<'a, M: ScoreModel + ?Sized, L: TrainingLoss> Trainer<'a, M, L> {
     /// A trainer at step 0 for `model`, whose variables are those of `varmap`.
+    ///
+    /// On glibc it first raises the allocator's thresholds once per process
+    /// (`score_nets::retain_freed_memory`), so that each step reuses the previous step's freed
+    /// buffers instead of page-faulting new ones in: ~1.4x faster CPU steps for image networks,
+    /// at the cost of resident memory staying at its peak.
     pub fn new(model: &'a M, varmap: &VarMap, loss: L, config: TrainConfig) -> Result<Self> {
+        sde_kernels::memory::retain_freed_memory();
         check_param(
             "ema_decay",
             config.ema_decay,

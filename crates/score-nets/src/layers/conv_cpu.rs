@@ -47,11 +47,11 @@ impl Geom {
 ///
 /// The contract of every use: while workers run, each element behind the pointer is accessed
 /// by at most one worker, or only read; no `&mut` to memory another worker touches is ever
-/// live (a task that writes scattered elements uses [`SyncPtr::write`], not a slice).
+/// live.
 #[derive(Clone, Copy)]
 pub(super) struct SyncPtr<T>(pub(super) *mut T);
 // SAFETY: a `SyncPtr` is an address; moving or sharing it across threads does nothing by
-// itself. Every dereference is an `unsafe` call (`slice`, `write`, `ptr().add(..)`) whose caller
+// itself. Every dereference is an `unsafe` call (`slice`, `ptr().add(..)`) whose caller
 // guarantees the contract above, so the threads' accesses are disjoint or read-only: exactly
 // what `&mut [T]` split into disjoint parts and sent to the workers would allow, which needs
 // `T: Send` (the kernels use f32 and f64).
@@ -71,15 +71,6 @@ impl<T> SyncPtr<T> {
     #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(off), len)
-    }
-
-    /// Writes `value` at element `off` without creating a reference.
-    ///
-    /// # Safety
-    /// `off` must be in bounds, and no other worker may access element `off` concurrently
-    /// (others may write their own elements of the same range).
-    pub(super) unsafe fn write(&self, off: usize, value: T) {
-        self.0.add(off).write(value)
     }
 }
 

@@ -7,16 +7,16 @@
 //! [`GroupNorm::forward_act`] run one custom op that reads the input twice (statistics) and writes
 //! the output once; its backward reads input and output gradient twice and writes the input
 //! gradient once, and computes the affine-parameter gradients only when they are tracked. Other
-//! devices and dtypes use the composite ops.
+//! devices and dtypes use the composite ops. The kernels themselves (vectorised statistics and
+//! SiLU, one task per sample and group) are `sde_kernels::groupnorm`'s.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
-use num_traits::Float;
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::common::Activation;
 use super::conv::slice;
-use super::conv_cpu::SyncPtr;
 use crate::{Error, Result};
+use sde_kernels::groupnorm::{group_norm_backward, group_norm_forward, GnActivation, GnShape};
 
 /// `nn.GroupNorm(groups, C, eps)`: for each sample and each group $g$ of $C/G$ channels,
 /// $y = \gamma_c\,(x - \mu_g)/\sqrt{\sigma_g^2 + \epsilon} + \beta_c$, with $\mu_g$, $\sigma_g^2$
@@ -144,169 +144,28 @@ struct GnOp {
     silu: bool,
 }
 
-/// Mean and $1/\sqrt{\sigma^2 + \epsilon}$ of `v` (two passes, f64 accumulation).
-fn stats<T: WithDType>(v: &[T], eps: f64) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().map(|a| a.to_f64()).sum::<f64>() / n;
-    let var = v
-        .iter()
-        .map(|a| {
-            let d = a.to_f64() - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
-/// Runs `f(i)` for `i in 0..n` on candle's CPU thread pool.
-fn par_for(n: usize, f: impl Fn(usize) + Sync) {
-    candle_core::utils::barrier_pool().execute_chunked(n, |r| r.for_each(&f));
-}
-
-fn gn_fwd<T: WithDType + Float>(
-    x: &[T],
-    gamma: &[T],
-    beta: &[T],
-    b: usize,
-    groups: usize,
-    eps: f64,
-    silu: bool,
-) -> Vec<T> {
-    let c = gamma.len();
-    let s = x.len() / (b * c);
-    let cg = c / groups;
-    let n = cg * s;
-    let mut y = vec![T::zero(); x.len()];
-    let out = SyncPtr(y.as_mut_ptr());
-    par_for(b * groups, |bg| {
-        let g = bg % groups;
-        let xs = &x[bg * n..(bg + 1) * n];
-        // SAFETY: group bg owns y[bg*n .. (bg+1)*n]
-        let ys = unsafe { out.slice(bg * n, n) };
-        let (mean, rstd) = stats(xs, eps);
-        for j in 0..cg {
-            let ch = g * cg + j;
-            let a = gamma[ch].to_f64() * rstd;
-            let (a, o) = (T::from_f64(a), T::from_f64(beta[ch].to_f64() - mean * a));
-            let (xc, yc) = (&xs[j * s..(j + 1) * s], &mut ys[j * s..(j + 1) * s]);
-            if silu {
-                for (yv, &xv) in yc.iter_mut().zip(xc) {
-                    let z = xv * a + o;
-                    *yv = z / (T::one() + (-z).exp());
-                }
-            } else {
-                for (yv, &xv) in yc.iter_mut().zip(xc) {
-                    *yv = xv * a + o;
-                }
-            }
-        }
-    });
-    y
-}
-
-/// Input gradient (and, when `param_grads`, the per-sample-summed `dgamma`, `dbeta` appended):
-/// with $\hat x = (x - \mu) r$, $z = \gamma \hat x + \beta$, $dz = dy$ (or
-/// $dy\,\sigma(z)(1 + z(1 - \sigma(z)))$ after SiLU), $d\hat x = \gamma\,dz$:
-/// $dx = r\,(d\hat x - \overline{d\hat x} - \hat x\,\overline{d\hat x\,\hat x})$ (group means),
-/// $d\gamma_c = \sum dz\,\hat x$, $d\beta_c = \sum dz$.
-#[allow(clippy::too_many_arguments)]
-fn gn_bwd<T: WithDType + Float>(
-    x: &[T],
-    gamma: &[T],
-    beta: &[T],
-    dy: &[T],
-    b: usize,
-    groups: usize,
-    eps: f64,
-    silu: bool,
-    param_grads: bool,
-) -> Vec<T> {
-    let c = gamma.len();
-    let s = x.len() / (b * c);
-    let cg = c / groups;
-    let n = cg * s;
-    let extra = if param_grads { 2 * b * c } else { 0 };
-    let mut dx = vec![T::zero(); x.len() + extra];
-    let out = SyncPtr(dx.as_mut_ptr());
-    let total = x.len();
-    par_for(b * groups, |bg| {
-        let (bi, g) = (bg / groups, bg % groups);
-        let xs = &x[bg * n..(bg + 1) * n];
-        let dys = &dy[bg * n..(bg + 1) * n];
-        // SAFETY: group bg owns dx[bg*n .. (bg+1)*n] (bg < b·groups, so in bounds of x.len());
-        // no other task touches that range. The parameter-gradient slots of sample bi are
-        // shared by its groups, so they are written element by element below, never sliced.
-        let dxs = unsafe { out.slice(bg * n, n) };
-        let (mean, rstd) = stats(xs, eps);
-        // first pass: dz into dxs, group sums of dxhat and dxhat * xhat
-        let (mut s1, mut s2) = (0f64, 0f64);
-        for j in 0..cg {
-            let ch = g * cg + j;
-            let gm = gamma[ch].to_f64();
-            let (xc, dyc) = (&xs[j * s..(j + 1) * s], &dys[j * s..(j + 1) * s]);
-            let dzc = &mut dxs[j * s..(j + 1) * s];
-            let (m, r) = (T::from_f64(mean), T::from_f64(rstd));
-            if silu {
-                let (a, o) = (
-                    T::from_f64(gm * rstd),
-                    T::from_f64(beta[ch].to_f64() - mean * gm * rstd),
-                );
-                for ((d, &xv), &dv) in dzc.iter_mut().zip(xc).zip(dyc) {
-                    let z = xv * a + o;
-                    let sg = T::one() / (T::one() + (-z).exp());
-                    *d = dv * sg * (T::one() + z * (T::one() - sg));
-                }
-            } else {
-                dzc.copy_from_slice(dyc);
-            }
-            let (mut sdz, mut sdzx) = (0f64, 0f64);
-            for (&d, &xv) in dzc.iter().zip(xc) {
-                let xh = (xv - m) * r;
-                sdz += d.to_f64();
-                sdzx += (d * xh).to_f64();
-            }
-            s1 += gm * sdz;
-            s2 += gm * sdzx;
-            if param_grads {
-                let base = total + 2 * bi * c;
-                // SAFETY: base + c + ch < total + 2 b c = dx.len() (bi < b, ch < c). Channel ch
-                // belongs to group g only, so (bi, ch) is written by task bg = bi·groups + g
-                // alone, and these raw writes create no reference to the slots of the sample's
-                // other groups (which their tasks write concurrently); the range is disjoint
-                // from every task's `dxs`.
-                unsafe {
-                    out.write(base + ch, T::from_f64(sdzx));
-                    out.write(base + c + ch, T::from_f64(sdz));
-                }
-            }
-        }
-        let (m1, m2) = (s1 / n as f64, s2 / n as f64);
-        for j in 0..cg {
-            let ch = g * cg + j;
-            let gm = gamma[ch].to_f64();
-            let xc = &xs[j * s..(j + 1) * s];
-            let dc = &mut dxs[j * s..(j + 1) * s];
-            // dx = r (gamma dz - m1 - xhat m2), xhat = (x - mean) r
-            let (ka, kb, kc) = (
-                T::from_f64(rstd * gm),
-                T::from_f64(rstd * rstd * m2),
-                T::from_f64(rstd * (mean * rstd * m2 - m1)),
-            );
-            for (d, &xv) in dc.iter_mut().zip(xc) {
-                *d = ka * *d - kb * xv + kc;
-            }
-        }
-    });
-    dx
-}
-
-fn shape_bcs(l: &Layout) -> candle_core::Result<(usize, usize)> {
+/// The kernel's layout of `x` `[B, C, ...]` with `groups` groups (checked by the kernel too).
+fn gn_shape(l: &Layout, groups: usize) -> candle_core::Result<GnShape> {
     let d = l.dims();
-    if d.len() < 3 {
-        candle_core::bail!("group_norm: expected [B, C, ...], got {d:?}")
+    if d.len() < 3 || groups == 0 || d[1] % groups != 0 {
+        candle_core::bail!(
+            "group_norm: expected [B, C, ...] with C a multiple of {groups}, got {d:?}"
+        )
     }
-    Ok((d[0], d[1]))
+    Ok(GnShape {
+        batch: d[0],
+        channels: d[1],
+        groups,
+        spatial: d[2..].iter().product(),
+    })
+}
+
+fn act(silu: bool) -> GnActivation {
+    if silu {
+        GnActivation::Silu
+    } else {
+        GnActivation::Identity
+    }
 }
 
 impl CustomOp3 for GnOp {
@@ -323,24 +182,22 @@ impl CustomOp3 for GnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, _) = shape_bcs(l1)?;
-        let (g, e, a) = (self.groups, self.eps, self.silu);
+        let shape = gn_shape(l1, self.groups)?;
+        let (e, a) = (self.eps, act(self.silu));
         let y = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(gn_fwd::<f32>(
+            CpuStorage::F32(_) => CpuStorage::F32(group_norm_forward::<f32>(
                 slice(s1, l1)?,
                 slice(s2, l2)?,
                 slice(s3, l3)?,
-                b,
-                g,
+                shape,
                 e,
                 a,
             )),
-            CpuStorage::F64(_) => CpuStorage::F64(gn_fwd::<f64>(
+            CpuStorage::F64(_) => CpuStorage::F64(group_norm_forward::<f64>(
                 slice(s1, l1)?,
                 slice(s2, l2)?,
                 slice(s3, l3)?,
-                b,
-                g,
+                shape,
                 e,
                 a,
             )),
@@ -396,35 +253,35 @@ impl CustomOp3 for GnBwdOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, c) = shape_bcs(l1)?;
-        let GnOp { groups, eps, silu } = self.fwd;
-        let p = self.params;
+        let shape = gn_shape(l1, self.fwd.groups)?;
+        let (b, c) = (shape.batch, shape.channels);
+        let (e, a, p) = (self.fwd.eps, act(self.fwd.silu), self.params);
         let out = match s1 {
             CpuStorage::F32(_) => {
                 let gb = slice::<f32>(s2, l2)?;
-                CpuStorage::F32(gn_bwd::<f32>(
-                    slice(s1, l1)?,
+                let (x, dy) = (slice(s1, l1)?, slice(s3, l3)?);
+                CpuStorage::F32(group_norm_backward(
+                    x,
                     &gb[..c],
                     &gb[c..],
-                    slice(s3, l3)?,
-                    b,
-                    groups,
-                    eps,
-                    silu,
+                    dy,
+                    shape,
+                    e,
+                    a,
                     p,
                 ))
             }
             CpuStorage::F64(_) => {
                 let gb = slice::<f64>(s2, l2)?;
-                CpuStorage::F64(gn_bwd::<f64>(
-                    slice(s1, l1)?,
+                let (x, dy) = (slice(s1, l1)?, slice(s3, l3)?);
+                CpuStorage::F64(group_norm_backward(
+                    x,
                     &gb[..c],
                     &gb[c..],
-                    slice(s3, l3)?,
-                    b,
-                    groups,
-                    eps,
-                    silu,
+                    dy,
+                    shape,
+                    e,
+                    a,
                     p,
                 ))
             }
