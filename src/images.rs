@@ -40,7 +40,7 @@ pub struct ImageArgs {
     /// Use the deep preset (NCSN++ / DDPM++ continuous deep).
     #[arg(long)]
     pub deep: bool,
-    /// Image-path training steps (default: the paper's 1.3 M; the MNIST-5k preset's 3000).
+    /// Image-path training steps (default: the paper's 1.3 M; the MNIST-5k preset's 1200).
     #[arg(long)]
     pub train_steps: Option<u64>,
     /// Image-path batch size (default: the paper's 128; the MNIST-5k preset's 64).

@@ -196,7 +196,31 @@ fn mnist_quick(name: &str, extra: &[&str]) -> serde_json::Value {
     let h = bpd["pixel_histogram"].as_f64().unwrap();
     assert!((1.0..2.5).contains(&h), "pixel histogram baseline {h}");
     assert!(s["checkpoint_sha256"].as_str().unwrap().len() == 64, "{s}");
+    // the preset trains on dequantised digits and scores a stochastic fast sampler
+    assert_eq!(s["preset"]["uniform_dequantization"], true, "{s}");
+    assert_eq!(s["fast_sampler"], "sde-dpm++2m (3 steps)", "{s}");
     s
+}
+
+#[test]
+fn an_unknown_fast_sampler_is_refused_before_training() {
+    let out = std::env::temp_dir().join(format!("scoresde-test-badsampler-{}", std::process::id()));
+    let o = Command::new(example("ddpm"))
+        .args([
+            "--quick",
+            "--dataset",
+            "mnist5k",
+            "--fast-sampler",
+            "nope",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("example runs");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--fast-sampler nope"), "{err}");
+    assert!(!out.join("checkpoints").exists(), "trained before refusing");
 }
 
 #[test]
