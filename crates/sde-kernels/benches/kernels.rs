@@ -1,10 +1,12 @@
 //! The kernels on their own: the fused MLP forward (B = 3000, shared and distinct labels) and
 //! backward (B = 512) of the examples' network (`MlpConfig::ve(2)`: E = 64, H = 128, L = 3),
-//! and the vector SiLU.
+//! the vector SiLU, and GroupNorm + SiLU forward and backward on an MNIST-size activation
+//! (`[64, 32, 28, 28]`, 8 groups).
 //!
 //! `cargo bench -p sde-kernels`
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use sde_kernels::groupnorm::{group_norm_backward, group_norm_forward, GnActivation, GnShape};
 use sde_kernels::mlp::{backward, forward, Grads, MlpSpec, Save, TimeEmbedding};
 use sde_kernels::simd::silu_to;
 
@@ -101,5 +103,24 @@ fn bench(c: &mut Criterion) {
     c.bench_function("silu_512x128", |b| b.iter(|| silu_to(&z, &mut h)));
 }
 
-criterion_group!(benches, bench);
+fn bench_group_norm(c: &mut Criterion) {
+    let shape = GnShape {
+        batch: 64,
+        channels: 32,
+        groups: 8,
+        spatial: 28 * 28,
+    };
+    let x = vals(64 * 32 * 28 * 28, 2.0);
+    let dy = vals(x.len(), 1.0);
+    let (gamma, beta) = (vals(32, 1.0), vals(32, 0.5));
+    let act = GnActivation::Silu;
+    c.bench_function("group_norm_silu_forward_64x32x28x28", |b| {
+        b.iter(|| group_norm_forward(&x, &gamma, &beta, shape, 1e-6, act))
+    });
+    c.bench_function("group_norm_silu_backward_64x32x28x28", |b| {
+        b.iter(|| group_norm_backward(&x, &gamma, &beta, &dy, shape, 1e-6, act, true))
+    });
+}
+
+criterion_group!(benches, bench, bench_group_norm);
 criterion_main!(benches);
