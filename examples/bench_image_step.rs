@@ -10,7 +10,7 @@
 //! - `--preset`: the same for the MNIST-5k reproduction's own DDPM++ (`nf = 16`, what
 //!   `ddpm --dataset mnist5k` trains).
 //!
-//! Prints medians in ms in the twin's format, so that `farm-bench` can pair the two:
+//! Prints medians in ms in the twin's format, so that a whole-process timer (`hyperfine`, `/usr/bin/time -v`) can pair the two:
 //!
 //! ```sh
 //! cargo run --release --example bench_image_step                 # ours

@@ -7,7 +7,7 @@
 //!   [0.01, 8], Adam lr 2e-3 without warm-up or clipping, as the twin; plus EMA, which the twin
 //!   lacks).
 //!
-//! Prints medians in ms, in the twin's format, so that `farm-bench` can pair the two:
+//! Prints medians in ms, in the twin's format, so that a whole-process timer (`hyperfine`, `/usr/bin/time -v`) can pair the two:
 //!
 //! ```sh
 //! cargo run --release --example bench_mlp            # ours
