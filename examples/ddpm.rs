@@ -44,7 +44,8 @@ struct Args {
     /// `continuous` (VP/sub-VP DSM with t ~ U(ε, 1)) or `ddpm` (discrete ε-loss, VP only).
     #[arg(long, default_value = "continuous")]
     loss: String,
-    /// Weight the continuous loss by g² (likelihood weighting).
+    /// Weight the continuous loss by g² (likelihood weighting; with `--dataset mnist5k` also
+    /// importance-sampled t).
     #[arg(long)]
     likelihood_weighting: bool,
     /// Also sample with a fast sampler, uniform in log-SNR: ddim, ddim-eta1, dpm++2m, dpm++3m,
@@ -71,6 +72,8 @@ fn main() -> AnyResult<()> {
         scoresde::fast::check_sampler_name(name)?;
     }
     std::fs::create_dir_all(&a.out)?;
+    // `--likelihood-weighting` applies to the MNIST-5k run too
+    a.images.mnist.likelihood_weighting = a.likelihood_weighting;
     if let Some(done) = images::run_if_requested(&a.images, images::Family::Vp, &a.out, &a.run) {
         return done;
     }

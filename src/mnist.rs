@@ -76,6 +76,11 @@ pub struct MnistArgs {
     /// whose GroupNorm needs multiples of 32).
     #[arg(long)]
     pub nf: Option<usize>,
+    /// Train with the likelihood weighting λ(t) = g(t)² and importance-sampled t (Song et al.
+    /// 2021, "Maximum likelihood training of score-based diffusion models"), which bounds the
+    /// bits/dim, instead of the preset's λ(t) = σ(t)². Set by `ddpm --likelihood-weighting`.
+    #[arg(skip)]
+    pub likelihood_weighting: bool,
     /// Train on the 8-bit digits as they are instead of uniformly dequantised ones (the
     /// reference's `data.uniform_dequantization = False`).
     #[arg(long)]
@@ -106,6 +111,8 @@ pub struct MnistPreset {
     /// pixels exactly 0) the model learns near-point masses that a dequantised test pixel
     /// misses.
     pub uniform_dequantization: bool,
+    /// λ(t) = g(t)² with importance-sampled t instead of λ(t) = σ(t)².
+    pub likelihood_weighting: bool,
     /// Samples for the digit metrics.
     pub n_eval_samples: usize,
     /// Test images for bits/dim.
@@ -150,6 +157,7 @@ impl MnistPreset {
             n_iters,
             batch: 64,
             uniform_dequantization: true,
+            likelihood_weighting: false,
             n_eval_samples: 1000,
             bpd_images: 50,
             paper_steps: 200,
@@ -205,6 +213,9 @@ impl MnistPreset {
                 total_steps: self.n_iters.max(self.optim.warmup + 1),
             }
         };
+        if a.likelihood_weighting {
+            self.likelihood_weighting = true;
+        }
         if a.no_uniform_dequantization {
             self.uniform_dequantization = false;
         }
@@ -369,6 +380,8 @@ fn with_sde<S: sde_core::AncestralSde + Sync>(
         SdeLossOptions {
             continuous: true,
             reduce_mean: false,
+            likelihood_weighting: preset.likelihood_weighting,
+            importance_sampling: preset.likelihood_weighting,
             ..Default::default()
         },
     )?;
@@ -386,6 +399,7 @@ fn with_sde<S: sde_core::AncestralSde + Sync>(
             "dataset": "mnist5k",
             "network": format!("{net:?}"),
             "uniform_dequantization": preset.uniform_dequantization,
+            "likelihood_weighting": preset.likelihood_weighting,
         }),
         ..TrainConfig::default()
     };

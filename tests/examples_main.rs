@@ -256,7 +256,9 @@ fn ddpm_mnist5k_quick_trains_samples_and_evaluates() {
         again["checkpoint_sha256"], first["checkpoint_sha256"],
         "same seed, another process: the checkpoint must be byte-identical"
     );
-    // the original DDPM network, and the run's own checkpoints as the sampling route
-    let s = mnist_quick("ddpm", &["--network", "ddpm"]);
+    // the original DDPM network, and the run's own checkpoints as the sampling route; trained
+    // with the likelihood weighting and importance-sampled t
+    let s = mnist_quick("ddpm", &["--network", "ddpm", "--likelihood-weighting"]);
     assert_eq!(s["preset"]["network"], "Ddpm", "{s}");
+    assert_eq!(s["preset"]["likelihood_weighting"], true, "{s}");
 }
