@@ -10,7 +10,8 @@
 //! - `--preset`: the same for the MNIST-5k reproduction's own DDPM++ (`nf = 16`, what
 //!   `ddpm --dataset mnist5k` trains).
 //!
-//! Prints medians in ms in the twin's format, so that a whole-process timer (`hyperfine`, `/usr/bin/time -v`) can pair the two:
+//! Prints medians in ms in the twin's format, so that a whole-process timer (`hyperfine`,
+//! `/usr/bin/time -v`) can pair the two:
 //!
 //! ```sh
 //! cargo run --release --example bench_image_step                 # ours
@@ -20,8 +21,6 @@
 //! `--rounds N` sets the timed repetitions (default 5 steps and 5 forwards, after 2 and 1
 //! warm-up runs, as the twin).
 
-use std::time::Instant;
-
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use score_nets::{init::seeded_var_builder, NcsnPp, NcsnPpConfig};
@@ -29,20 +28,7 @@ use sde_core::noise::NoiseSource;
 use sde_core::{Mode, ScoreModel, VpSde};
 use sde_train::{AdamConfig, SdeLoss, SdeLossOptions, TrainConfig, Trainer};
 
-fn median(mut f: impl FnMut(), n: usize, warm: usize) -> f64 {
-    for _ in 0..warm {
-        f();
-    }
-    let mut ts: Vec<f64> = (0..n)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ts.sort_by(f64::total_cmp);
-    ts[n / 2]
-}
+use scoresde::report::median_ms as median;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // reuse freed tensor buffers instead of page-faulting new ones in (glibc)

@@ -7,7 +7,8 @@
 //!   [0.01, 8], Adam lr 2e-3 without warm-up or clipping, as the twin; plus EMA, which the twin
 //!   lacks).
 //!
-//! Prints medians in ms, in the twin's format, so that a whole-process timer (`hyperfine`, `/usr/bin/time -v`) can pair the two:
+//! Prints medians in ms, in the twin's format, so that a whole-process timer (`hyperfine`,
+//! `/usr/bin/time -v`) can pair the two:
 //!
 //! ```sh
 //! cargo run --release --example bench_mlp            # ours
@@ -16,8 +17,6 @@
 //!
 //! `--rounds N` sets the number of timed repetitions (default 50 forward, 200 steps).
 
-use std::time::Instant;
-
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use score_nets::{init::seeded_var_builder, Mlp, MlpConfig};
@@ -25,20 +24,7 @@ use sde_core::noise::NoiseSource;
 use sde_core::{Mode, ScoreModel, VeSde};
 use sde_train::{AdamConfig, SdeLoss, SdeLossOptions, TrainConfig, Trainer};
 
-fn median(mut f: impl FnMut(), n: usize, warm: usize) -> f64 {
-    for _ in 0..warm {
-        f();
-    }
-    let mut ts: Vec<f64> = (0..n)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ts.sort_by(f64::total_cmp);
-    ts[n / 2]
-}
+use scoresde::report::median_ms as median;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

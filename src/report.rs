@@ -70,6 +70,23 @@ pub fn upscale(img: &RgbImage, factor: u32) -> RgbImage {
     )
 }
 
+/// The median wall time of `n` calls of `f` in milliseconds, after `warm` untimed calls (the
+/// bench binaries' figure; `n` ≥ 1).
+pub fn median_ms(mut f: impl FnMut(), n: usize, warm: usize) -> f64 {
+    for _ in 0..warm {
+        f();
+    }
+    let mut ts: Vec<f64> = (0..n.max(1))
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            f();
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ts.sort_by(f64::total_cmp);
+    ts[ts.len() / 2]
+}
+
 /// CPU time (user + system, all threads) of this process so far in seconds, from
 /// `/proc/self/stat` (10 ms resolution; `None` where there is no procfs). On a shared machine
 /// the wall time depends on the load, the CPU time much less: the bench binaries report both.
