@@ -320,8 +320,8 @@ pub fn group_norm_forward<T: GnFloat>(
 }
 
 /// The backward of [`group_norm_forward`] for the output gradient `dy` `[B, C, S]`: the input
-/// gradient, followed (when `param_grads`) by the per-sample parameter gradients `[B, 2, C]`
-/// ($d\gamma$ then $d\beta$ of each sample; their sum over samples is the gradient). Panics as
+/// gradient, followed (when `param_grads`) by the parameter gradients $d\gamma$ then $d\beta$
+/// (`[2, C]`, summed over the samples in sample order). Panics as
 /// [`group_norm_forward`], or if `dy` and `x` differ in length.
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_backward<T: GnFloat>(
@@ -341,7 +341,7 @@ pub fn group_norm_backward<T: GnFloat>(
         "group_norm_backward: dy and x lengths differ"
     );
     let (b, c) = (shape.batch, shape.channels);
-    let extra = if param_grads { 2 * b * c } else { 0 };
+    let extra = if param_grads { 2 * c } else { 0 };
     let mut out = vec![T::default(); x.len() + extra];
     if x.is_empty() {
         return out;
@@ -360,10 +360,12 @@ pub fn group_norm_backward<T: GnFloat>(
     });
     if param_grads {
         for (bg, (_, pg)) in tasks.iter().enumerate() {
-            let (bi, g) = (bg / shape.groups, bg % shape.groups);
-            let base = 2 * bi * c + g * cg;
-            pgs[base..base + cg].copy_from_slice(&pg[..cg]);
-            pgs[base + c..base + c + cg].copy_from_slice(&pg[cg..]);
+            // tasks run sample by sample, so each slot sums its samples in order
+            let base = (bg % shape.groups) * cg;
+            for j in 0..cg {
+                pgs[base + j] = pgs[base + j] + pg[j];
+                pgs[c + base + j] = pgs[c + base + j] + pg[cg + j];
+            }
         }
     }
     out

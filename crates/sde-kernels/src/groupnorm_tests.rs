@@ -117,12 +117,9 @@ fn backward_matches_central_differences() {
             );
         }
         let c = sh.channels;
+        assert_eq!(pg.len(), 2 * c);
         for ch in 0..c {
-            let (mut dg, mut db) = (0.0, 0.0);
-            for bi in 0..sh.batch {
-                dg += pg[2 * bi * c + ch];
-                db += pg[2 * bi * c + c + ch];
-            }
+            let (dg, db) = (pg[ch], pg[c + ch]);
             let ng = fd(&|d| {
                 let mut g = gamma.clone();
                 g[ch] += d;
@@ -211,7 +208,10 @@ fn empty_batches_give_empty_outputs() {
     };
     let g = [1.0f32; 4];
     assert!(group_norm_forward(&[], &g, &g, sh, 1e-6, GnActivation::Silu).is_empty());
-    assert!(group_norm_backward(&[], &g, &g, &[], sh, 1e-6, GnActivation::Silu, true).is_empty());
+    assert!(group_norm_backward(&[], &g, &g, &[], sh, 1e-6, GnActivation::Silu, false).is_empty());
+    // no samples: no input gradient, zero parameter gradients
+    let out = group_norm_backward(&[], &g, &g, &[], sh, 1e-6, GnActivation::Silu, true);
+    assert_eq!(out, vec![0.0; 8]);
 }
 
 #[test]

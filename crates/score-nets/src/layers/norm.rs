@@ -225,13 +225,13 @@ impl CustomOp3 for GnOp {
         if !params {
             return Ok((Some(dx), None, None));
         }
-        let (b, c) = (x.dim(0)?, x.dim(1)?);
-        let pg = packed.narrow(0, n, 2 * b * c)?.reshape((b, 2, c))?.sum(0)?;
+        let c = x.dim(1)?;
+        let pg = packed.narrow(0, n, 2 * c)?.reshape((2, c))?;
         Ok((Some(dx), Some(pg.get(0)?), Some(pg.get(1)?)))
     }
 }
 
-/// Backward kernel: `x`, `[gamma; beta]`, `dy` → `dx` flattened, then `[B, 2, C]` parameter
+/// Backward kernel: `x`, `[gamma; beta]`, `dy` → `dx` flattened, then the `[2, C]` parameter
 /// gradients when `params`.
 #[derive(Debug, Clone, Copy)]
 struct GnBwdOp {
@@ -254,7 +254,7 @@ impl CustomOp3 for GnBwdOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let shape = gn_shape(l1, self.fwd.groups)?;
-        let (b, c) = (shape.batch, shape.channels);
+        let c = shape.channels;
         let (e, a, p) = (self.fwd.eps, act(self.fwd.silu), self.params);
         let out = match s1 {
             CpuStorage::F32(_) => {
@@ -287,7 +287,7 @@ impl CustomOp3 for GnBwdOp {
             }
             _ => candle_core::bail!("group_norm: unsupported dtype {:?}", s1.dtype()),
         };
-        let len = l1.shape().elem_count() + if p { 2 * b * c } else { 0 };
+        let len = l1.shape().elem_count() + if p { 2 * c } else { 0 };
         Ok((out, Shape::from(len)))
     }
 }
