@@ -276,6 +276,22 @@ fn sigma_max(net: &NetworkConfig) -> f64 {
     }
 }
 
+/// What identifies a trained MNIST model in its checkpoints' `extra` config: a `--resume` must
+/// match it, while the evaluation settings may change between a run and its resume.
+/// `likelihood_weighting` is written only when on, so checkpoints from before the flag existed
+/// (unweighted) still resume.
+fn mnist_run_identity(network: &str, preset: &MnistPreset) -> serde_json::Value {
+    let mut id = serde_json::json!({
+        "dataset": "mnist5k",
+        "network": network,
+        "uniform_dequantization": preset.uniform_dequantization,
+    });
+    if preset.likelihood_weighting {
+        id["likelihood_weighting"] = serde_json::Value::Bool(true);
+    }
+    id
+}
+
 /// Runs the whole MNIST-5k reproduction into `out`: train, checkpoint, sample, evaluate, and
 /// write `samples.png` (the fast sampler's 8×8 grid), `samples_<sampler>.png` per sampler,
 /// `loss.png`, `train_log.jsonl`, `checkpoints/` and `summary.json`.
@@ -393,14 +409,7 @@ fn with_sde<S: sde_core::AncestralSde + Sync>(
         optim: preset.optim.clone(),
         seed,
         progress: true,
-        // what identifies the trained model (a resumed run must match it); the evaluation
-        // settings may change between a run and its `--resume`
-        extra: serde_json::json!({
-            "dataset": "mnist5k",
-            "network": format!("{net:?}"),
-            "uniform_dequantization": preset.uniform_dequantization,
-            "likelihood_weighting": preset.likelihood_weighting,
-        }),
+        extra: mnist_run_identity(&format!("{net:?}"), preset),
         ..TrainConfig::default()
     };
     let ckpt_dir = out.join("checkpoints");
@@ -543,4 +552,21 @@ fn with_sde<S: sde_core::AncestralSde + Sync>(
 /// `x` scaled back to [0, 1] and clamped.
 pub(crate) fn to_unit(x: &Tensor, centered: bool) -> AnyResult<Tensor> {
     Ok(sde_train::inverse_scaler(x, centered)?.clamp(0.0, 1.0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_identity_names_likelihood_weighting_only_when_on() {
+        let mut preset = MnistPreset::new(Family::Vp, None);
+        let plain = mnist_run_identity("net", &preset);
+        assert!(plain.get("likelihood_weighting").is_none());
+        assert_eq!(plain["uniform_dequantization"], true);
+        preset.likelihood_weighting = true;
+        let weighted = mnist_run_identity("net", &preset);
+        assert_eq!(weighted["likelihood_weighting"], true);
+        assert_ne!(plain, weighted);
+    }
 }
