@@ -4,17 +4,20 @@
 //! - [`parallel`]: the one threading policy (tasks laid out by problem size, run on candle's CPU
 //!   pool, so results do not depend on the thread count).
 //! - [`simd`]: vector `exp`, SiLU and SiLU′ with run-time dispatch (AVX-512, AVX2+FMA, portable).
+//! - [`float`]: the element types of the generic kernels (`f32`, `f64`; sealed).
 //! - [`groupnorm`]: GroupNorm (+ SiLU) forward and backward over `[B, C, S]` activations.
 //! - [`matmul`]: bounds-checked matrix views over the `gemm` crate.
 //! - [`memory`]: keep freed tensor buffers in the process (glibc's thresholds).
 //! - [`mlp`]: the fused forward and backward pass of the time-conditioned MLP score network.
 //!
 //! Every function here takes plain slices and checks its sizes, so the API is safe; the
-//! `unsafe` blocks (calls into `gemm`, calls of `#[target_feature]` functions) each carry
-//! their SAFETY argument.
+//! `unsafe` blocks (calls into `gemm`, calls of `#[target_feature]` functions, disjoint writes
+//! through `parallel`'s shared address, lengths of fully written outputs) each carry their
+//! SAFETY argument.
 #![warn(missing_docs)]
 
 pub mod buffers;
+pub mod float;
 pub mod groupnorm;
 pub mod matmul;
 pub mod memory;
