@@ -5,6 +5,11 @@
 //!   pool, so results do not depend on the thread count).
 //! - [`simd`]: vector `exp`, SiLU and SiLU′ with run-time dispatch (AVX-512, AVX2+FMA, portable).
 //! - [`float`]: the element types of the generic kernels (`f32`, `f64`; sealed).
+//! - [`conv`]: 2-D convolutions (forward, input, kernel and bias gradients) by per-image
+//!   im2col + GEMM, the GEMM's columns or the images shared among the threads.
+//! - [`winograd`]: 3x3 same convolutions by Winograd's F(2x2, 3x3) (2.25x fewer multiply-adds).
+//! - [`fir`]: FIR up/down-sampling (`upfirdn2d`, separable kernels) of planes and its adjoint.
+//! - [`softmax`]: softmax over rows and its backward (attention).
 //! - [`groupnorm`]: GroupNorm (+ SiLU) forward and backward over `[B, C, S]` activations.
 //! - [`matmul`]: bounds-checked matrix views over the `gemm` crate.
 //! - [`memory`]: keep freed tensor buffers in the process (glibc's thresholds).
@@ -17,6 +22,8 @@
 #![warn(missing_docs)]
 
 pub mod buffers;
+pub mod conv;
+pub mod fir;
 pub mod float;
 pub mod groupnorm;
 pub mod matmul;
@@ -24,3 +31,5 @@ pub mod memory;
 pub mod mlp;
 pub mod parallel;
 pub mod simd;
+pub mod softmax;
+pub mod winograd;
