@@ -1,14 +1,24 @@
 //! The kernels on their own: the fused MLP forward (B = 3000, shared and distinct labels) and
 //! backward (B = 512) of the examples' network (`MlpConfig::ve(2)`: E = 64, H = 128, L = 3),
 //! the vector SiLU, and GroupNorm + SiLU forward and backward on an MNIST-size activation
-//! (`[64, 32, 28, 28]`, 8 groups).
+//! (`[64, 32, 28, 28]`, 8 groups); the image networks' kernels on small DDPM++-like shapes
+//! (quick settings: 10 samples, 1 s): convolutions by Winograd and by im2col + GEMM (3x3 on
+//! `[8, 64, 16, 16]`, forward, input and kernel gradients; 1x1; 3x3 stride 2), FIR upsampling
+//! and its adjoint, and the attention softmax over `[4·256, 256]` rows.
 //!
 //! `cargo bench -p sde-kernels`
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use std::time::Duration;
+
+use sde_kernels::conv::{
+    channel_sum, conv2d, conv2d_im2col, conv2d_input_grad, conv2d_kernel_grad, Conv2dGeom,
+};
+use sde_kernels::fir::UpFirDn;
 use sde_kernels::groupnorm::{group_norm_backward, group_norm_forward, GnActivation, GnShape};
 use sde_kernels::mlp::{backward, forward, Grads, MlpSpec, Save, TimeEmbedding};
 use sde_kernels::simd::silu_to;
+use sde_kernels::softmax::{softmax_rows, softmax_rows_backward};
 
 fn vals(n: usize, scale: f32) -> Vec<f32> {
     (0..n)
@@ -122,5 +132,79 @@ fn bench_group_norm(c: &mut Criterion) {
     });
 }
 
+fn bench_image_kernels(c: &mut Criterion) {
+    let g3 = Conv2dGeom {
+        b: 8,
+        c: 64,
+        h: 16,
+        w: 16,
+        o: 64,
+        kh: 3,
+        kw: 3,
+        pad: 1,
+        stride: 1,
+    };
+    let x = vals(g3.input_len(), 1.0);
+    let w = vals(g3.kernel_len(), 0.1);
+    let bias = vals(g3.o, 0.1);
+    let gy = vals(g3.output_len(), 1.0);
+    c.bench_function("conv3x3_winograd_8x64x16x16", |b| {
+        b.iter(|| conv2d(&x, &w, Some(&bias), &g3))
+    });
+    c.bench_function("conv3x3_im2col_8x64x16x16", |b| {
+        b.iter(|| conv2d_im2col(&x, &w, Some(&bias), &g3))
+    });
+    c.bench_function("conv3x3_input_grad_winograd_8x64x16x16", |b| {
+        b.iter(|| conv2d_input_grad(&gy, &w, &g3))
+    });
+    c.bench_function("conv3x3_kernel_and_bias_grad_8x64x16x16", |b| {
+        b.iter(|| {
+            (
+                conv2d_kernel_grad(&x, &gy, &g3),
+                channel_sum(&gy, 8, 64, 256),
+            )
+        })
+    });
+    let g1 = Conv2dGeom {
+        kh: 1,
+        kw: 1,
+        pad: 0,
+        ..g3
+    };
+    c.bench_function("conv1x1_8x64x16x16", |b| {
+        b.iter(|| conv2d(&x, &w[..g1.kernel_len()], Some(&bias), &g1))
+    });
+    let gs = Conv2dGeom { stride: 2, ..g3 };
+    c.bench_function("conv3x3_stride2_8x64x16x16", |b| {
+        b.iter(|| conv2d(&x, &w, Some(&bias), &gs))
+    });
+    // upsample_2d with the [1, 3, 3, 1] kernel: factor 2, pads (2, 1)
+    let up = UpFirDn::new(&[0.25, 0.75, 0.75, 0.25], 2, 1, (2, 1)).unwrap();
+    let gy_up = vals(8 * 64 * 32 * 32, 1.0);
+    c.bench_function("fir_upsample2_8x64x16x16", |b| {
+        b.iter(|| up.forward(&x, 8 * 64, (16, 16)))
+    });
+    c.bench_function("fir_upsample2_adjoint_8x64x16x16", |b| {
+        b.iter(|| up.adjoint(&gy_up, 8 * 64, (16, 16)))
+    });
+    let s = vals(4 * 256 * 256, 4.0);
+    let dy = vals(s.len(), 1.0);
+    let y = softmax_rows(&s, 256);
+    c.bench_function("softmax_rows_1024x256", |b| {
+        b.iter(|| softmax_rows(&s, 256))
+    });
+    c.bench_function("softmax_rows_backward_1024x256", |b| {
+        b.iter(|| softmax_rows_backward(&y, &dy, 256))
+    });
+}
+
 criterion_group!(benches, bench, bench_group_norm);
-criterion_main!(benches);
+criterion_group! {
+    name = image_benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    targets = bench_image_kernels
+}
+criterion_main!(benches, image_benches);

@@ -1,13 +1,13 @@
 //! `AttnBlockpp`: self-attention over all pixels.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use super::common::{group_norm, GroupNorm, Nin};
 use super::conv::slice;
-use super::conv_cpu::SyncPtr;
 use crate::Result;
+use sde_kernels::softmax::{softmax_rows, softmax_rows_backward};
 
 /// `layerspp.AttnBlockpp`: $h = \mathrm{GN}(x)$, $q, k, v = \mathrm{NIN}_{0,1,2}(h)$,
 /// $A = \mathrm{softmax}(q^\top k / \sqrt C)$ over all $HW$ positions,
@@ -67,8 +67,8 @@ impl AttnBlockPp {
 /// Softmax over the last dim, $\mathrm{softmax}(s)_j = e^{s_j - m} / \sum_k e^{s_k - m}$,
 /// $m = \max_k s_k$ (candle-nn's fused `softmax_last_dim` has no backward).
 ///
-/// On the CPU (float32 / float64) it is one op whose rows run in parallel on candle's pool,
-/// with the backward $\partial s = y \odot (\partial y - \langle \partial y, y\rangle)$ per row
+/// On the CPU (float32 / float64) it is one op (`sde_kernels::softmax`, rows in parallel on
+/// candle's pool), with the backward $\partial s = y \odot (\partial y - \langle \partial y, y\rangle)$ per row
 /// as one op too (the composite version is five ops forward and as many gradient
 /// accumulations backward, over `[B, HW, HW]` tensors). Elsewhere: differentiable tensor ops,
 /// the max detached (it cancels).
@@ -82,24 +82,6 @@ pub fn softmax_last(s: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&z)?)
 }
 
-/// Runs `row(i, dst_row)` for every row of `n` values of a `len`-value output, rows shared among
-/// candle's pool threads.
-fn for_rows<T: WithDType>(len: usize, n: usize, row: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); len];
-    if n == 0 {
-        return out;
-    }
-    let rows = len / n;
-    let ptr = SyncPtr(out.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-        for i in range {
-            // SAFETY: row i is out[i n .. (i + 1) n], written by this task only.
-            row(i, unsafe { ptr.slice(i * n, n) });
-        }
-    });
-    out
-}
-
 /// The CPU softmax over the last dim (see [`softmax_last`]).
 struct SoftmaxOp;
 
@@ -110,24 +92,9 @@ impl CustomOp1 for SoftmaxOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = l.dims().last().copied().unwrap_or(1);
-        fn go<T: WithDType + num_traits::Float>(x: &[T], n: usize) -> Vec<T> {
-            for_rows(x.len(), n, |i, y: &mut [T]| {
-                let xr = &x[i * n..(i + 1) * n];
-                let m = xr
-                    .iter()
-                    .fold(T::neg_infinity(), |a, &v| num_traits::Float::max(a, v));
-                let mut z = T::zero();
-                for (yv, &v) in y.iter_mut().zip(xr) {
-                    *yv = (v - m).exp();
-                    z += *yv;
-                }
-                let inv = T::one() / z;
-                y.iter_mut().for_each(|v| *v *= inv);
-            })
-        }
         let y = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(go(slice::<f32>(s, l)?, n)),
-            CpuStorage::F64(_) => CpuStorage::F64(go(slice::<f64>(s, l)?, n)),
+            CpuStorage::F32(_) => CpuStorage::F32(softmax_rows(slice::<f32>(s, l)?, n)),
+            CpuStorage::F64(_) => CpuStorage::F64(softmax_rows(slice::<f64>(s, l)?, n)),
             s => candle_core::bail!("softmax: unsupported dtype {:?}", s.dtype()),
         };
         Ok((y, l.shape().clone()))
@@ -157,21 +124,12 @@ impl CustomOp2 for SoftmaxBwdOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = l1.dims().last().copied().unwrap_or(1);
-        fn go<T: WithDType>(y: &[T], g: &[T], n: usize) -> Vec<T> {
-            for_rows(y.len(), n, |i, dx: &mut [T]| {
-                let (yr, gr) = (&y[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
-                let dot = yr.iter().zip(gr).fold(T::zero(), |a, (&y, &g)| a + y * g);
-                for ((d, &y), &g) in dx.iter_mut().zip(yr).zip(gr) {
-                    *d = y * (g - dot);
-                }
-            })
-        }
         let dx = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(go(slice(s1, l1)?, slice(s2, l2)?, n))
+                CpuStorage::F32(softmax_rows_backward(slice(s1, l1)?, slice(s2, l2)?, n))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(go(slice(s1, l1)?, slice(s2, l2)?, n))
+                CpuStorage::F64(softmax_rows_backward(slice(s1, l1)?, slice(s2, l2)?, n))
             }
             _ => candle_core::bail!("softmax backward: unsupported or mixed dtypes"),
         };

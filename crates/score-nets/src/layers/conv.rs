@@ -27,8 +27,9 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType,
 };
 
-use super::conv_cpu::{self, Geom};
 use crate::{Error, Result};
+use sde_kernels::conv::{self as kernels, Conv2dGeom as Geom};
+use sde_kernels::float::Float;
 
 /// 2-D cross-correlation `x: [B, in, H, W]`, `w: [out, in, kh, kw]` with symmetric zero
 /// padding and stride (`F.conv2d`): $y_{b,o,i,j} = \sum_{c,u,v} w_{o,c,u,v}\,
@@ -49,7 +50,8 @@ pub fn conv2d_bias(
 ) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
     let (o, ci, kh, kw) = w.dims4()?;
-    if ci != c || stride == 0 || h + 2 * padding < kh || wd + 2 * padding < kw {
+    if ci != c || stride == 0 || kh == 0 || kw == 0 || h + 2 * padding < kh || wd + 2 * padding < kw
+    {
         return Err(Error::Input(format!(
             "conv2d: input {:?} does not fit kernel {:?} (padding {padding}, stride {stride})",
             x.dims(),
@@ -152,7 +154,7 @@ pub fn im2col(
     Ok((cols, ho, wo))
 }
 
-/// The CPU convolution ([`conv_cpu`]) as a custom op (`x`, `w` and optionally the bias) with an
+/// The CPU convolution (`sde_kernels::conv`, `sde_kernels::winograd`) as a custom op (`x`, `w` and optionally the bias) with an
 /// efficient backward pass.
 #[derive(Debug, Clone, Copy)]
 struct ConvOp {
@@ -188,7 +190,7 @@ impl ConvOp {
         } else {
             Shape::from((g.b, g.o, ho, wo))
         };
-        fn go<T: WithDType>(
+        fn go<T: WithDType + Float>(
             op: &ConvOp,
             x: (&CpuStorage, &Layout),
             w: (&CpuStorage, &Layout),
@@ -197,10 +199,10 @@ impl ConvOp {
             let g = &op.geom;
             let wk = slice::<T>(w.0, w.1)?;
             if op.input_grad {
-                return Ok(conv_cpu::conv2d_input_grad(slice::<T>(x.0, x.1)?, wk, g));
+                return Ok(kernels::conv2d_input_grad(slice::<T>(x.0, x.1)?, wk, g));
             }
             let bias = bias.map(|(s, l)| slice::<T>(s, l)).transpose()?;
-            Ok(conv_cpu::conv2d(slice::<T>(x.0, x.1)?, wk, bias, g))
+            Ok(kernels::conv2d(slice::<T>(x.0, x.1)?, wk, bias, g))
         }
         let y = match x.0 {
             CpuStorage::F32(_) => CpuStorage::F32(go::<f32>(self, x, w, bias)?),
@@ -260,8 +262,9 @@ impl ConvOp {
     }
 }
 
-/// The bias gradient of the CPU convolution: `[B, O, H, W]` → `[O]`, Σ_b Σ_{h,w} (one pass with
-/// eight partial sums per channel; candle's generic strided `sum` was a serial scalar loop).
+/// The bias gradient of the CPU convolution: `[B, O, H, W]` → `[O]`, Σ_b Σ_{h,w}
+/// (`sde_kernels::conv::channel_sum`: one pass with eight partial sums per channel; candle's
+/// generic strided `sum` was a serial scalar loop).
 #[derive(Debug, Clone, Copy)]
 struct ChannelSumOp;
 
@@ -277,26 +280,13 @@ impl CustomOp1 for ChannelSumOp {
         }
         let (b, c) = (dims[0], dims[1]);
         let n: usize = dims[2..].iter().product();
-        fn go<T: WithDType>(x: &[T], b: usize, c: usize, n: usize) -> Vec<T> {
-            let mut out = vec![T::zero(); c];
-            for img in x.chunks_exact(c * n).take(b) {
-                for (o, plane) in out.iter_mut().zip(img.chunks_exact(n)) {
-                    let mut acc = [T::zero(); 8];
-                    let mut it = plane.chunks_exact(8);
-                    for q in &mut it {
-                        for (a, &v) in acc.iter_mut().zip(q) {
-                            *a += v;
-                        }
-                    }
-                    let tail = it.remainder().iter().fold(T::zero(), |a, &v| a + v);
-                    *o += acc.iter().fold(tail, |a, &v| a + v);
-                }
-            }
-            out
-        }
         let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(go(slice::<f32>(s, l)?, b, c, n)),
-            CpuStorage::F64(_) => CpuStorage::F64(go(slice::<f64>(s, l)?, b, c, n)),
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(kernels::channel_sum(slice::<f32>(s, l)?, b, c, n))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(kernels::channel_sum(slice::<f64>(s, l)?, b, c, n))
+            }
             s => candle_core::bail!("channel sum: unsupported dtype {:?}", s.dtype()),
         };
         Ok((out, Shape::from(c)))
@@ -304,7 +294,7 @@ impl CustomOp1 for ChannelSumOp {
 }
 
 /// The kernel gradient of the CPU convolution (operands `(x, grad_y)`, result
-/// `[O, C, kh, kw]`): [`conv_cpu::conv2d_kernel_grad`].
+/// `[O, C, kh, kw]`): `sde_kernels::conv::conv2d_kernel_grad`.
 #[derive(Debug, Clone, Copy)]
 struct KernelGradOp {
     geom: Geom,
@@ -325,12 +315,12 @@ impl CustomOp2 for KernelGradOp {
         let g = &self.geom;
         let shape = Shape::from((g.o, g.c, g.kh, g.kw));
         let gw = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(conv_cpu::conv2d_kernel_grad(
+            CpuStorage::F32(_) => CpuStorage::F32(kernels::conv2d_kernel_grad(
                 slice::<f32>(s1, l1)?,
                 slice::<f32>(s2, l2)?,
                 g,
             )),
-            CpuStorage::F64(_) => CpuStorage::F64(conv_cpu::conv2d_kernel_grad(
+            CpuStorage::F64(_) => CpuStorage::F64(kernels::conv2d_kernel_grad(
                 slice::<f64>(s1, l1)?,
                 slice::<f64>(s2, l2)?,
                 g,

@@ -11,6 +11,8 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::{Error, Result};
+use sde_kernels::fir::UpFirDn;
+use sde_kernels::float::Float;
 
 /// The normalised 1-D factor of a FIR kernel: $k / \sum k$, so that the 2-D kernel
 /// $K = \hat k \hat k^\top$ equals `_setup_kernel(k)` and sums to 1.
@@ -251,119 +253,27 @@ pub fn naive_downsample_2d(x: &Tensor, factor: usize) -> Result<Tensor> {
     Ok(r.mean(D::Minus1)?.mean(3)?)
 }
 
-/// [`upfirdn2d`] on the CPU as one kernel per `[H, W]` plane, with its adjoint as the backward
-/// pass (the composite form costs a dozen full passes per axis: zero insertion, padding, a
-/// shifted slice, a scaled copy and a sum per tap, each differentiated again).
-///
-/// Along one axis, with $\tilde k$ the reversed taps and $p_0$ the leading pad,
-/// $y_i = \sum_j \tilde k_j\, x_{(i d + j - p_0)/u}$ over the $j$ for which $i d + j - p_0$ is a
-/// non-negative multiple of $u$ below $u \cdot \mathrm{len}$ (`up` $u$, `down` $d$); the adjoint
-/// scatters $g_i \tilde k_j$ back to the same input sample.
+/// [`upfirdn2d`] on the CPU as one kernel per `[H, W]` plane (`sde_kernels::fir`), with its
+/// adjoint as the backward pass (the composite form costs a dozen full passes per axis: zero
+/// insertion, padding, a shifted slice, a scaled copy and a sum per tap, each differentiated
+/// again).
 #[derive(Debug, Clone)]
 struct UpFirDnOp {
-    /// Reversed taps.
-    taps: Vec<f64>,
-    up: usize,
-    down: usize,
-    pad0: isize,
+    /// The kernel, factors and pads.
+    fir: UpFirDn,
     /// Input (H, W) of the forward map.
     in_hw: (usize, usize),
-    /// Output (H, W) of the forward map.
-    out_hw: (usize, usize),
     /// Apply the adjoint (the input gradient): `[.., out_h, out_w]` → `[.., in_h, in_w]`.
     adjoint: bool,
 }
 
 impl UpFirDnOp {
-    /// Index of the input sample that tap `j` of output `i` reads, if any.
-    #[inline]
-    fn src(&self, i: usize, j: usize, len: usize) -> Option<usize> {
-        let t = (i * self.down + j) as isize - self.pad0;
-        if t < 0 || t % self.up as isize != 0 {
-            return None;
-        }
-        let s = (t / self.up as isize) as usize;
-        (s < len).then_some(s)
-    }
-
-    fn plane<T: candle_core::WithDType>(&self, x: &[T], y: &mut [T], tmp: &mut Vec<T>) {
-        let (h, w) = self.in_hw;
-        let (ho, wo) = self.out_hw;
-        let k: Vec<T> = self.taps.iter().map(|&v| T::from_f64(v)).collect();
-        if !self.adjoint {
-            // along W: tmp[h, wo]
-            tmp.clear();
-            tmp.resize(h * wo, T::zero());
-            for r in 0..h {
-                let (xr, tr) = (&x[r * w..(r + 1) * w], &mut tmp[r * wo..(r + 1) * wo]);
-                for (i, tv) in tr.iter_mut().enumerate() {
-                    let mut acc = T::zero();
-                    for (j, &kj) in k.iter().enumerate() {
-                        if let Some(s) = self.src(i, j, w) {
-                            acc += kj * xr[s];
-                        }
-                    }
-                    *tv = acc;
-                }
-            }
-            // along H, a row at a time
-            y.fill(T::zero());
-            for i in 0..ho {
-                let yr = &mut y[i * wo..(i + 1) * wo];
-                for (j, &kj) in k.iter().enumerate() {
-                    if let Some(s) = self.src(i, j, h) {
-                        for (a, &b) in yr.iter_mut().zip(&tmp[s * wo..(s + 1) * wo]) {
-                            *a += kj * b;
-                        }
-                    }
-                }
-            }
+    fn run<T: Float>(&self, x: &[T], planes: usize) -> Vec<T> {
+        if self.adjoint {
+            self.fir.adjoint(x, planes, self.in_hw)
         } else {
-            // x is the output gradient [ho, wo], y the input gradient [h, w]
-            tmp.clear();
-            tmp.resize(h * wo, T::zero());
-            for i in 0..ho {
-                let gr = &x[i * wo..(i + 1) * wo];
-                for (j, &kj) in k.iter().enumerate() {
-                    if let Some(s) = self.src(i, j, h) {
-                        for (a, &b) in tmp[s * wo..(s + 1) * wo].iter_mut().zip(gr) {
-                            *a += kj * b;
-                        }
-                    }
-                }
-            }
-            y.fill(T::zero());
-            for r in 0..h {
-                let (tr, yr) = (&tmp[r * wo..(r + 1) * wo], &mut y[r * w..(r + 1) * w]);
-                for (i, &gv) in tr.iter().enumerate() {
-                    for (j, &kj) in k.iter().enumerate() {
-                        if let Some(s) = self.src(i, j, w) {
-                            yr[s] += kj * gv;
-                        }
-                    }
-                }
-            }
+            self.fir.forward(x, planes, self.in_hw)
         }
-    }
-
-    fn run<T: candle_core::WithDType>(&self, x: &[T], planes: usize) -> Vec<T> {
-        let (a, b) = if self.adjoint {
-            (self.out_hw, self.in_hw)
-        } else {
-            (self.in_hw, self.out_hw)
-        };
-        let (n_in, n_out) = (a.0 * a.1, b.0 * b.1);
-        let mut y = vec![T::zero(); planes * n_out];
-        let out = super::conv_cpu::SyncPtr(y.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(planes, |range| {
-            let mut tmp = Vec::new();
-            for p in range {
-                // SAFETY: plane p owns y[p*n_out .. (p+1)*n_out]
-                let yp = unsafe { out.slice(p * n_out, n_out) };
-                self.plane(&x[p * n_in..(p + 1) * n_in], yp, &mut tmp);
-            }
-        });
-        y
     }
 }
 
@@ -387,7 +297,7 @@ impl candle_core::CustomOp1 for UpFirDnOp {
         let (oh, ow) = if self.adjoint {
             self.in_hw
         } else {
-            self.out_hw
+            self.fir.out_hw(self.in_hw)
         };
         let y = match s {
             CpuStorage::F32(v) => CpuStorage::F32(self.run(&v[a..b], planes)),
@@ -423,21 +333,15 @@ fn upfirdn2d_cpu(
         return Ok(None);
     }
     let (_, _, h, w) = x.dims4()?;
-    let out_len = |len: usize| -> Option<usize> {
-        let l = (len * up) as isize + pad.0 + pad.1;
-        let taps = k.len() as isize;
-        (l >= taps).then(|| ((l - taps) as usize) / down + 1)
-    };
-    let (Some(ho), Some(wo)) = (out_len(h), out_len(w)) else {
+    let Some(fir) = UpFirDn::new(k, up, down, pad) else {
         return Ok(None);
     };
+    if fir.out_len(h).is_none() || fir.out_len(w).is_none() {
+        return Ok(None);
+    }
     let op = UpFirDnOp {
-        taps: k.iter().rev().copied().collect(),
-        up,
-        down,
-        pad0: pad.0,
+        fir,
         in_hw: (h, w),
-        out_hw: (ho, wo),
         adjoint: false,
     };
     Ok(Some(x.contiguous()?.apply_op1(op)?))

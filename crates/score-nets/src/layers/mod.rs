@@ -10,14 +10,12 @@ mod attn;
 mod combine;
 mod common;
 pub mod conv;
-mod conv_cpu;
 mod dropout;
 mod embedding;
 pub mod fir;
 pub mod norm;
 mod resample;
 mod resnet;
-mod winograd;
 
 pub use attn::*;
 pub use combine::*;
