@@ -8,6 +8,8 @@
 //! - [`matmul`]: bounds-checked matrix views over the `gemm` crate.
 //! - [`memory`]: keep freed tensor buffers in the process (glibc's thresholds).
 //! - [`mlp`]: the fused forward and backward pass of the time-conditioned MLP score network.
+//! - [`normal`]: float32 standard normals, eight xoshiro128++ streams and a vectorised
+//!   Box–Muller transform per block (`sde_core::noise::BlockNoise`'s kernel).
 //!
 //! Every function here takes plain slices and checks its sizes, so the API is safe; the
 //! `unsafe` blocks (calls into `gemm`, calls of `#[target_feature]` functions) each carry
@@ -19,5 +21,6 @@ pub mod groupnorm;
 pub mod matmul;
 pub mod memory;
 pub mod mlp;
+pub mod normal;
 pub mod parallel;
 pub mod simd;
