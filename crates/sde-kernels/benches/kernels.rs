@@ -1,13 +1,16 @@
 //! The kernels on their own: the fused MLP forward (B = 3000, shared and distinct labels) and
 //! backward (B = 512) of the examples' network (`MlpConfig::ve(2)`: E = 64, H = 128, L = 3),
 //! the vector SiLU, and GroupNorm + SiLU forward and backward on an MNIST-size activation
-//! (`[64, 32, 28, 28]`, 8 groups).
+//! (`[64, 32, 28, 28]`, 8 groups), the float32 normals of `BlockNoise` (one block of 4096), and
+//! the 2-D mixture score (8 components, 10 000 points, with and without the vjp).
 //!
 //! `cargo bench -p sde-kernels`
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sde_kernels::groupnorm::{group_norm_backward, group_norm_forward, GnActivation, GnShape};
+use sde_kernels::mixture::{score_runs, MixtureConsts};
 use sde_kernels::mlp::{backward, forward, Grads, MlpSpec, Save, TimeEmbedding};
+use sde_kernels::normal::fill_block;
 use sde_kernels::simd::silu_to;
 
 fn vals(n: usize, scale: f32) -> Vec<f32> {
@@ -122,5 +125,45 @@ fn bench_group_norm(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, bench_group_norm);
+fn bench_noise_and_mixture(c: &mut Criterion) {
+    let mut z = vec![0.0f32; 4096];
+    c.bench_function("normal_fill_block_4096", |b| {
+        b.iter(|| fill_block(7, &mut z))
+    });
+    // the "8 Gaussians" ring at one time: a μ_k on a circle of radius 4, v = 0.2² + 1
+    let (k, d, n) = (8, 2, 10_000);
+    let amu: Vec<f64> = (0..k)
+        .flat_map(|i| {
+            let a = std::f64::consts::TAU * i as f64 / k as f64;
+            [4.0 * a.cos(), 4.0 * a.sin()]
+        })
+        .collect();
+    let consts = MixtureConsts::from_f64(d, &amu, &vec![1.0 / 1.04; k * d], &vec![-2.0; k]);
+    let x = vals(n * d, 4.0);
+    let probe = vals(n * d, 1.0);
+    let (mut out, mut out_v) = (vec![0.0; n * d], vec![0.0; n * d]);
+    let runs = [0..n];
+    c.bench_function("mixture_score_2d_k8_b10000", |b| {
+        b.iter(|| {
+            score_runs(k, d, &x, &mut out, None, &runs, |_, c| {
+                c.clone_from(&consts)
+            })
+        })
+    });
+    c.bench_function("mixture_score_vjp_2d_k8_b10000", |b| {
+        b.iter(|| {
+            score_runs(
+                k,
+                d,
+                &x,
+                &mut out,
+                Some((&probe, &mut out_v)),
+                &runs,
+                |_, c| c.clone_from(&consts),
+            )
+        })
+    });
+}
+
+criterion_group!(benches, bench, bench_group_norm, bench_noise_and_mixture);
 criterion_main!(benches);
