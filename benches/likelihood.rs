@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Shape};
 use criterion::{criterion_group, criterion_main, Criterion};
 use rand::SeedableRng;
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture};
 use sde_core::VeSde;
 use sde_solvers::likelihood::{
     DivergenceEstimator, HutchinsonProbe, Likelihood, LikelihoodOptions,
@@ -24,7 +24,7 @@ fn likelihood(c: &mut Criterion) {
     let n = 10_000;
     let sde = VeSde::new(0.01, 50.0, 1000).expect("valid VE parameters");
     let gmm = GaussianMixture::ring(8, 4.0, 0.2).expect("valid mixture");
-    let oracle = GaussianMixtureScore::new(&sde, gmm.clone());
+    let oracle = FastMixtureScore::new(&sde, gmm.clone());
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let data = gmm
         .sample(

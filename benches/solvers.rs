@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device};
 use criterion::{criterion_group, criterion_main, Criterion};
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture};
 use sde_core::noise::BlockNoise;
 use sde_core::VeSde;
 use sde_solvers::corrector::LangevinCorrector;
@@ -35,7 +35,7 @@ fn pc_sampler(c: &mut Criterion) {
     group
         .measurement_time(Duration::from_secs(1))
         .sample_size(10);
-    let core = GaussianMixtureScore::new(&sde, gmm.clone());
+    let core = FastMixtureScore::new(&sde, gmm.clone());
     group.bench_function("cpu_pc_rd_langevin_gmm2d_b10000_x50", |b| {
         let mut noise = BlockNoise::new(0);
         b.iter(|| {
@@ -72,7 +72,7 @@ fn sampler_driver(c: &mut Criterion) {
     let batch = 10_000;
     let sde = VeSde::new(0.01, 50.0, steps).expect("valid VE parameters");
     let gmm = GaussianMixture::ring(8, 4.0, 0.2).expect("valid mixture");
-    let score = GaussianMixtureScore::new(&sde, gmm);
+    let score = FastMixtureScore::new(&sde, gmm);
     let pred = ReverseDiffusionPredictor::new(false);
     let corr = LangevinCorrector::new(0.16, 1).expect("valid corrector");
     let mut group = c.benchmark_group("sampler_driver");

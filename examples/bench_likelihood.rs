@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use rand::SeedableRng;
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture};
 use sde_core::noise::NoiseSource;
 use sde_core::{ScoreFn, VeSde};
 use sde_solvers::likelihood::{
@@ -94,7 +94,7 @@ fn main() -> AnyResult<()> {
     let dev = Device::Cpu;
     let sde = VeSde::new(0.01, 50.0, 1000)?;
     let gmm = GaussianMixture::ring(8, 4.0, 0.2)?;
-    let oracle = GaussianMixtureScore::new(&sde, gmm.clone());
+    let oracle = FastMixtureScore::new(&sde, gmm.clone());
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let data = gmm.sample(&Shape::from((n, 1, 1, 2)), &dev, DType::F32, &mut rng)?;
     let t_eps = sde_core::time_tensor(1e-5, n, &dev, DType::F64)?;

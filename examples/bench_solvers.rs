@@ -14,14 +14,14 @@
 //! binary for a same-machine ratio (`../shared/baselines/README.md`), and pass its figure with
 //! `--reference-s SECONDS`.
 //!
-//! Everything timed is the library as a user gets it: `sde_core::analytic::GaussianMixtureScore`
+//! Everything timed is the library as a user gets it: `sde_core::analytic::FastMixtureScore`
 //! and a seeded `sde_core::noise::BlockNoise` (the main line), or a seeded `StdRng`.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device};
 use rand::SeedableRng;
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture};
 use sde_core::noise::BlockNoise;
 use sde_core::VeSde;
 use sde_solvers::corrector::LangevinCorrector;
@@ -78,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             reference_s / full
         );
     };
-    let score = GaussianMixtureScore::new(&sde, gmm.clone());
+    let score = FastMixtureScore::new(&sde, gmm.clone());
 
     let timing = time_it(reps, |seed| {
         let mut noise = BlockNoise::new(seed);
@@ -93,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = out.x.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     })?;
-    report("GaussianMixtureScore, BlockNoise", reps, timing);
+    report("FastMixtureScore, BlockNoise", reps, timing);
 
     if args.iter().any(|a| a == "--parts") {
         use sde_core::noise::NoiseSource;
@@ -165,6 +165,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = out.x.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     })?;
-    report("GaussianMixtureScore, StdRng", 1, timing);
+    report("FastMixtureScore, StdRng", 1, timing);
     Ok(())
 }

@@ -19,7 +19,7 @@ use clap::Parser;
 use rand::{Rng, SeedableRng};
 use scoresde::plot::{self, Canvas};
 use scoresde::report::{self, host};
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture};
 use sde_core::noise::NoiseSource;
 use sde_core::{expand_batch, Sde, VpSde};
 use sde_solvers::controllable::{AutogradClassifier, GuidedScore};
@@ -182,7 +182,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let sde = VpSde::new(0.1, 20.0, args.n_steps)?;
     let gmm = GaussianMixture::ring(K, 3.0, 0.3)?;
-    let score = GaussianMixtureScore::new(&sde, gmm.clone());
+    let score = FastMixtureScore::new(&sde, gmm.clone());
     let data_var = 0.5 * 3.0f64.powi(2) + 0.3f64.powi(2);
 
     // ---- train the noise-conditional classifier ----

@@ -2,7 +2,7 @@
 //! Nichol & Dhariwal (2021) — then predictor–corrector sampling, probability-flow ODE sampling
 //! and exact likelihoods with no other code, and a fast sampler (`--sampler`, DPM-Solver++(2M)
 //! by default, in 20 steps) through λ(t) = log(α/σ) that the trait derives numerically. The data are a 2-D mixture of 8 Gaussians whose
-//! exact score under *any* SDE with a Gaussian kernel comes from `GaussianMixtureScore`.
+//! exact score under *any* SDE with a Gaussian kernel comes from `GaussianMixtureScore` (sampled here through its float32 form, `FastMixtureScore`).
 //!
 //! `cargo run --release --example custom_sde -- --help`
 
@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use clap::Parser;
 use rand::SeedableRng;
 use scoresde::{metrics, plot};
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture};
 use sde_core::noise::NoiseSource;
 use sde_core::{mul_batch, standard_normal_logp, Result, Sde};
 use sde_solvers::corrector::LangevinCorrector;
@@ -116,7 +116,7 @@ fn main() -> std::result::Result<(), Box<dyn Error>> {
         n: args.n_steps,
     };
     let data = GaussianMixture::ring(8, 3.0, 0.3)?;
-    let score = GaussianMixtureScore::new(&sde, data.clone());
+    let score = FastMixtureScore::new(&sde, data.clone());
     let shape = Shape::from((args.n_samples, 2));
 
     // Predictor–corrector sampling: reverse diffusion + Langevin (snr 0.16).

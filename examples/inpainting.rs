@@ -18,7 +18,7 @@ use clap::{Parser, ValueEnum};
 use rand::SeedableRng;
 use scoresde::plot;
 use scoresde::report::{self, host, mean};
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture};
 use sde_core::noise::NoiseSource;
 use sde_core::VpSde;
 use sde_solvers::corrector::LangevinCorrector;
@@ -257,7 +257,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     // ================= inpainting, grey (1, 8, 8) =================
     let mu = means(1);
     let gmm = GaussianMixture::new(vec![1.0; K], mu.clone(), vec![vec![PIXEL_STD]; K])?;
-    let score = GaussianMixtureScore::new(&sde, gmm.clone());
+    let score = FastMixtureScore::new(&sde, gmm.clone());
     let known: Vec<bool> = (0..P)
         .map(|p| {
             let (r, c) = (p / S, p % S);
@@ -341,7 +341,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let muc = means(3);
     let d = 3 * P;
     let gmm_c = GaussianMixture::new(vec![1.0; K], muc.clone(), vec![vec![PIXEL_STD]; K])?;
-    let score_c = GaussianMixtureScore::new(&sde, gmm_c.clone());
+    let score_c = FastMixtureScore::new(&sde, gmm_c.clone());
     let images_c = test_images(&muc, n, &mut rng)?;
     // Grey level g = (R + G + B)/3, given to the colorizer as equal R, G, B.
     let grey_of = |img: &[f64], p: usize| (img[p] + img[P + p] + img[2 * P + p]) / 3.0;

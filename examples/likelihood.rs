@@ -18,7 +18,7 @@ use clap::Parser;
 use rand::SeedableRng;
 use scoresde::plot::{self, Canvas};
 use scoresde::report::{self, host, mean};
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore, GaussianScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture, GaussianScore};
 use sde_core::{time_tensor, ScoreFn, Sde, SubVpSde, VeSde, VpSde};
 use sde_solvers::likelihood::{
     bits_per_dim, dequantize_levels, DivergenceEstimator, HutchinsonProbe, Likelihood,
@@ -217,7 +217,7 @@ fn gmm_case<S: Sde>(
     args: &Args,
     rng: &mut rand::rngs::StdRng,
 ) -> Result<CaseResult, Box<dyn Error>> {
-    let score = GaussianMixtureScore::new(&sde, gmm.clone());
+    let score = FastMixtureScore::new(&sde, gmm.clone());
     let b = data.dim(0)?;
     let eps = LikelihoodOptions::default().sampling_eps;
     let closed = score.log_prob(data, &time_tensor(eps, b, data.device(), DType::F64)?)?;

@@ -1,6 +1,7 @@
 //! Quality vs NFE: energy distance to exact samples for every sampler × SDE at NFE 5, 10, 20,
 //! 50, 100 and 1000, on a 2-D 8-mode mixture and a 3-D non-uniform mixture, with the exact
-//! scores (`GaussianMixtureScore`) so the only error is the sampler's. Prints the markdown
+//! scores (`FastMixtureScore`, the float32 form of `GaussianMixtureScore`) so the only error is
+//! the sampler's. Prints the markdown
 //! tables of `docs/samplers.md`.
 //!
 //! The adaptive SDE sampler (Jolicoeur-Martineau et al. 2021, `--sampler adaptive` in the

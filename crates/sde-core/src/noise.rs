@@ -7,8 +7,9 @@
 //!   tensor's device. The same seed gives bit-identical samples.
 //! - [`PerSampleNoise`]: counter-based per-sample streams, so that sample `i` with seed `s` is
 //!   bit-identical whatever the batch size it is generated in.
-//! - [`BlockNoise`]: the fast host source: counter-based blocks of draws filled on all cores,
-//!   with results that depend on the seed only, not on the number of threads.
+//! - [`BlockNoise`]: the fast host source: counter-based blocks of draws filled on all cores
+//!   (the float32 normals by `sde_kernels::normal`), with results that depend on the seed only,
+//!   not on the number of threads.
 //! - [`DeviceNoise`]: the accelerator's own seeded generator (fast on CUDA; refused on CPU,
 //!   whose generator cannot be seeded).
 
@@ -19,7 +20,6 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::error::{Error, Result};
 
 mod brownian;
-mod normal32;
 
 pub use brownian::{BrownianNoise, BrownianTree};
 
@@ -174,7 +174,7 @@ impl PerSampleNoise {
         per: usize,
         value: impl Fn(&mut rand::rngs::StdRng) -> T + Sync,
     ) {
-        fill_chunks(out, per, max_threads(), |first, chunk| {
+        fill_chunks(out, per, false, |first, chunk| {
             for (i, sample) in chunk.chunks_mut(per.max(1)).enumerate() {
                 let mut rng = self.stream(self.offset + (first + i) as u64);
                 for v in sample.iter_mut() {
@@ -216,36 +216,35 @@ impl PerSampleNoise {
     }
 }
 
-/// Threads for host draws: rayon's pool size, at most 8.
-fn max_threads() -> usize {
-    crate::tensor::pool_threads()
-}
+/// At most this many tasks per draw (a constant, so that the task layout depends on the draw's
+/// size only).
+const MAX_TASKS: usize = 64;
+
+/// The work [`sde_kernels::parallel`] is told per value drawn: draws under about 130 000 values
+/// (a sampler step of 10 000 2-D points among them) ran slower when split over threads.
+const WORK_PER_VALUE: usize = 3;
 
 /// Runs `work(first_unit, chunk)` over `out`, cut into units of `per` values (the last one may
-/// be partial), in up to `threads` chunks on rayon's pool for large draws, each a contiguous run
-/// of whole units. Callers derive every value from its unit's index, so the result does not
-/// depend on the thread count.
+/// be partial) and grouped into tasks of consecutive whole units by the draw's size alone
+/// ([`sde_kernels::parallel::row_groups`]); large draws run their tasks on the kernels' pool
+/// unless `serial`. Callers derive every value from its unit's index, so the result does not
+/// depend on the thread count, nor on `serial`.
 fn fill_chunks<T: Send>(
     out: &mut [T],
     per: usize,
-    threads: usize,
-    work: impl Fn(usize, &mut [T]) + Sync + Send,
+    serial: bool,
+    work: impl Fn(usize, &mut [T]) + Sync,
 ) {
-    // About a quarter of a millisecond of generation per thread; smaller draws (a sampler
-    // step of 10 000 2-D points) ran slower when split.
-    const MIN_PER_THREAD: usize = 1 << 16;
     let per = per.max(1);
-    let units = out.len().div_ceil(per);
-    let threads = threads.min(out.len() / MIN_PER_THREAD).min(units).max(1);
-    if threads == 1 {
+    if serial {
         work(0, out);
         return;
     }
-    let units_per = units.div_ceil(threads);
-    use rayon::prelude::*;
-    out.par_chunks_mut(units_per * per)
-        .enumerate()
-        .for_each(|(i, chunk)| work(i * units_per, chunk));
+    let ranges = sde_kernels::parallel::row_groups(out.len(), per, MAX_TASKS);
+    let total_work = WORK_PER_VALUE.saturating_mul(out.len());
+    sde_kernels::parallel::for_each_range_mut(out, &ranges, total_work, |r, chunk| {
+        work(r.start / per, chunk)
+    });
 }
 
 /// Normals by the ziggurat method of `rand_distr`, uniforms by `rand`, each sample from its own
@@ -273,12 +272,12 @@ impl NoiseSource for PerSampleNoise {
 
 /// The next output of SplitMix64 (Steele, Lea & Flood, 2014) from `state`: the seeding
 /// generator of the xoshiro streams, and a good 64-bit mixer for deriving stream keys.
+///
+/// $z \leftarrow \text{state} + \texttt{0x9E3779B97F4A7C15}$, then
+/// $z \leftarrow (z \oplus z \gg 30) \cdot \texttt{0xBF58476D1CE4E5B9}$,
+/// $z \leftarrow (z \oplus z \gg 27) \cdot \texttt{0x94D049BB133111EB}$, output $z \oplus z \gg 31$.
 pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    sde_kernels::normal::splitmix64(state)
 }
 
 /// xoshiro256++ (Blackman & Vigna, 2018), seeded through SplitMix64: a small, fast generator
@@ -326,7 +325,7 @@ impl rand::RngCore for Xoshiro256PlusPlus {
 /// the seed and the sequence of calls only: the same on 1 or 16 threads.
 ///
 /// Float32 normals (also f16 / bf16, converted) come from eight xoshiro128++ streams per block
-/// through a vectorised Box–Muller transform, z = √(−2 ln u₁) (cos θ, sin θ), exact in the
+/// through a vectorised Box–Muller transform (`sde_kernels::normal`), z = √(−2 ln u₁) (cos θ, sin θ), exact in the
 /// tails out to 6.5 σ; float64 normals from the ziggurat method of `rand_distr` on one
 /// xoshiro256++ stream per block, uniforms from the same stream. Use it on the CPU when speed
 /// matters (float32 normals are about ten times faster than a `StdRng`'s); use
@@ -351,16 +350,19 @@ impl BlockNoise {
     /// Values per block (one generator stream each).
     pub const BLOCK: usize = 4096;
 
-    /// A source for `seed`, filling large draws on up to rayon's pool size (at most 8) threads.
+    /// A source for `seed`, filling large draws on the kernels' thread pool
+    /// (`sde_kernels::parallel`: candle's CPU threads).
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
             draws: 0,
-            threads: max_threads(),
+            threads: sde_kernels::parallel::num_threads(),
         }
     }
 
-    /// At most `threads` threads (at least 1); the values do not change.
+    /// `threads == 1` (or 0) fills every draw on the calling thread; any other value lets large
+    /// draws use the kernels' pool, whose size candle sets (`RAYON_NUM_THREADS`). The values
+    /// do not change either way.
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self
@@ -379,7 +381,7 @@ impl BlockNoise {
         out: &mut [T],
         value: impl Fn(&mut Xoshiro256PlusPlus) -> T + Sync,
     ) {
-        fill_chunks(out, Self::BLOCK, threads, |first, chunk| {
+        fill_chunks(out, Self::BLOCK, threads == 1, |first, chunk| {
             for (j, blk) in chunk.chunks_mut(Self::BLOCK).enumerate() {
                 let mut r = Xoshiro256PlusPlus::new(Self::block_key(key, first + j));
                 for v in blk.iter_mut() {
@@ -416,9 +418,9 @@ impl NoiseSource for BlockNoise {
             device,
             dtype,
             |v| {
-                fill_chunks(v, Self::BLOCK, threads, |first, chunk| {
+                fill_chunks(v, Self::BLOCK, threads == 1, |first, chunk| {
                     for (j, blk) in chunk.chunks_mut(Self::BLOCK).enumerate() {
-                        normal32::block(Self::block_key(key, first + j), blk);
+                        sde_kernels::normal::fill_block(Self::block_key(key, first + j), blk);
                     }
                 })
             },

@@ -5,14 +5,6 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
-/// Threads a data-parallel host kernel may use: rayon's pool size, at most 8.
-///
-/// `std::thread::available_parallelism` reads cgroup files on every call (tens of µs, more than
-/// a whole sampler step of host work), so the kernels ask the pool instead.
-pub(crate) fn pool_threads() -> usize {
-    rayon::current_num_threads().clamp(1, 8)
-}
-
 /// Builds the time tensor `[t, t, …, t]` of shape `[batch]` (every sample at the same time).
 ///
 /// ```

@@ -215,3 +215,41 @@ fn image_shaped_data_work_too() {
     assert_eq!(m.score(&x, &t).unwrap().dims(), &[2, 1, 4, 4]);
     assert_eq!(m.log_prob_tensor(&x, &t).unwrap().dims(), &[2]);
 }
+
+/// The truth computes in f64 whatever the input dtype: on float32 inputs it returns the f64
+/// results rounded once to float32.
+#[test]
+fn truth_is_computed_in_f64_whatever_the_input_dtype() {
+    let sde = VpSde::default();
+    let x64 = points(50, 3);
+    let x32 = x64.to_dtype(DType::F32).unwrap();
+    let x64 = x32.to_dtype(DType::F64).unwrap(); // the same (f32-representable) points
+    let t32 = time_tensor(0.37, 50, &Device::Cpu, DType::F32).unwrap();
+    let t64 = t32.to_dtype(DType::F64).unwrap();
+    let gauss = GaussianScore::isotropic(&sde, 0.3, 0.6).unwrap();
+    let mix = GaussianMixtureScore::new(&sde, mixture());
+    let pairs = [
+        (
+            gauss.score(&x32, &t32).unwrap(),
+            gauss.score(&x64, &t64).unwrap(),
+        ),
+        (
+            mix.score(&x32, &t32).unwrap(),
+            mix.score(&x64, &t64).unwrap(),
+        ),
+        (
+            gauss.log_prob(&x32, &t32).unwrap(),
+            gauss.log_prob(&x64, &t64).unwrap(),
+        ),
+        (
+            mix.log_prob_tensor(&x32, &t32).unwrap(),
+            mix.log_prob_tensor(&x64, &t64).unwrap(),
+        ),
+    ];
+    for (i, (got, want)) in pairs.iter().enumerate() {
+        assert_eq!(got.dtype(), DType::F32, "case {i}");
+        let want: Vec<f32> = host(want).iter().map(|&v| v as f32).collect();
+        let got: Vec<f32> = host(got).iter().map(|&v| v as f32).collect();
+        assert_eq!(got, want, "case {i}");
+    }
+}

@@ -1,10 +1,10 @@
 //! The fast host paths against the plain ones: `BlockNoise` against the standard normal and
-//! uniform laws (and thread-count independence), and the float32 shared-time mixture score
-//! against the f64 per-point loop.
+//! uniform laws (and thread-count independence), and `FastMixtureScore` (float32 kernel)
+//! against the f64 truth `GaussianMixtureScore`.
 
 use candle_core::{DType, Device, Shape, Tensor};
 use rand::SeedableRng;
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture, GaussianMixtureScore};
 use sde_core::noise::{BlockNoise, NoiseSource};
 use sde_core::{time_tensor, ScoreFn, Sde, SubVpSde, VeSde, VpSde};
 
@@ -170,7 +170,8 @@ fn check_f32_path(sde: impl Sde + Clone, name: &str) {
         vec![vec![0.3, 0.6], vec![0.5], vec![1.0, 0.2]],
     )
     .unwrap();
-    let oracle = GaussianMixtureScore::new(sde.clone(), gmm.clone());
+    let oracle = FastMixtureScore::new(sde.clone(), gmm.clone());
+    let truth = GaussianMixtureScore::new(sde.clone(), gmm.clone());
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
     // 40 003 points, with a partial last block
     let b = 40_003;
@@ -189,9 +190,9 @@ fn check_f32_path(sde: impl Sde + Clone, name: &str) {
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
-        // the f64 loop on the same (f32-representable) points and times
+        // the f64 truth on the same (f32-representable) points and times
         let exact = host(
-            &oracle
+            &truth
                 .score(
                     &x.to_dtype(DType::F64).unwrap(),
                     &t32.to_dtype(DType::F64).unwrap(),
@@ -201,6 +202,12 @@ fn check_f32_path(sde: impl Sde + Clone, name: &str) {
         let fast = oracle.score(&x, &t32).unwrap();
         assert_eq!(fast.dtype(), DType::F32);
         let fast = host(&fast);
+        // the truth takes float32 input too: computed in f64, rounded once
+        let exact32 = host(&truth.score(&x, &t32).unwrap());
+        assert!(exact32
+            .iter()
+            .zip(&exact)
+            .all(|(a, e)| (*a as f32) == (*e as f32)));
         let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let mut worst = 0.0f64;
         for (e, f) in exact.iter().zip(&fast) {
@@ -211,7 +218,7 @@ fn check_f32_path(sde: impl Sde + Clone, name: &str) {
         // the vjp (the likelihood's divergence) on the same path, against the f64 closed form
         let v = rng.rademacher(&shape, &Device::Cpu, DType::F32).unwrap();
         let (s32, j32) = oracle.score_with_vjp(&x, &t32, &v).unwrap();
-        let (_, j64) = oracle
+        let (_, j64) = truth
             .score_with_vjp(
                 &x.to_dtype(DType::F64).unwrap(),
                 &t32.to_dtype(DType::F64).unwrap(),
@@ -238,7 +245,7 @@ fn check_f32_path(sde: impl Sde + Clone, name: &str) {
     let tm = Tensor::from_vec(tv, b, &Device::Cpu).unwrap();
     let a = host(&oracle.score(&x, &tm).unwrap());
     let e = host(
-        &oracle
+        &truth
             .score(
                 &x.to_dtype(DType::F64).unwrap(),
                 &tm.to_dtype(DType::F64).unwrap(),
@@ -254,8 +261,10 @@ fn check_f32_path(sde: impl Sde + Clone, name: &str) {
     }
 }
 
+/// The tolerance of `FastMixtureScore`'s doc: float32 evaluation of the closed form against the
+/// f64 truth at points of p_t, over the three SDEs and t from 1e-5 to 1.
 #[test]
-fn f32_shared_time_score_matches_the_f64_loop() {
+fn fast_mixture_score_matches_the_f64_truth() {
     check_f32_path(VeSde::default(), "VE");
     check_f32_path(VpSde::default(), "VP");
     check_f32_path(SubVpSde::default(), "sub-VP");
@@ -263,7 +272,7 @@ fn f32_shared_time_score_matches_the_f64_loop() {
 
 #[test]
 fn f32_score_propagates_nan_and_checks_times() {
-    let oracle = GaussianMixtureScore::new(
+    let oracle = FastMixtureScore::new(
         VeSde::default(),
         GaussianMixture::ring(8, 4.0, 0.2).unwrap(),
     );
@@ -291,7 +300,7 @@ fn points_and_probe(b: usize, scale: f64, seed: u64) -> (Tensor, Tensor) {
 
 #[test]
 fn f32_score_of_a_point_does_not_depend_on_its_batch() {
-    let oracle = GaussianMixtureScore::new(
+    let oracle = FastMixtureScore::new(
         VpSde::default(),
         GaussianMixture::ring(8, 4.0, 0.2).unwrap(),
     );
@@ -317,29 +326,84 @@ fn f32_score_of_a_point_does_not_depend_on_its_batch() {
     }
 }
 
-#[test]
-fn f32_score_does_not_depend_on_the_thread_count() {
-    let oracle = GaussianMixtureScore::new(
-        VeSde::default(),
-        GaussianMixture::ring(8, 4.0, 0.2).unwrap(),
-    );
-    // 100 003 points × 8 components × 2 dims: large enough to be split, a partial last chunk
+/// Bits of the fast and exact mixture scores (with vjps) and of large `BlockNoise` and
+/// `PerSampleNoise` draws, all big enough to be split over threads, hashed (FNV-1a).
+fn threaded_results_hash() -> u64 {
+    let gmm = GaussianMixture::ring(8, 4.0, 0.2).unwrap();
+    let fast = FastMixtureScore::new(VeSde::default(), gmm.clone());
+    let exact = GaussianMixtureScore::new(VeSde::default(), gmm);
+    // 100 003 points × 8 components × 2 dims: split into tasks, a partial last block
     let b = 100_003;
     let (x, v) = points_and_probe(b, 3.0, 9);
     let t = time_tensor(0.3, b, &Device::Cpu, DType::F32).unwrap();
-    let on = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
+    let mixed = Tensor::from_vec(
+        (0..b)
+            .map(|i| 0.01 + (i % 89) as f32 * 0.01)
+            .collect::<Vec<_>>(),
+        b,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut values = Vec::new();
+    for t in [&t, &mixed] {
+        let (s, j) = fast.score_with_vjp(&x, t, &v).unwrap();
+        values.extend(host(&s).into_iter().chain(host(&j)));
+        let (s, j) = exact.score_with_vjp(&x, t, &v).unwrap();
+        values.extend(host(&s).into_iter().chain(host(&j)));
+    }
+    let shape = Shape::from((300_001, 2));
+    for dtype in [DType::F32, DType::F64] {
+        let mut src = BlockNoise::new(5);
+        values.extend(host(&src.randn(&shape, &Device::Cpu, dtype).unwrap()));
+        values.extend(host(
+            &src.rand_uniform(&shape, &Device::Cpu, dtype).unwrap(),
+        ));
+        let mut src = sde_core::noise::PerSampleNoise::new(5);
+        values.extend(host(&src.randn(&shape, &Device::Cpu, dtype).unwrap()));
+    }
+    values.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        (h ^ v.to_bits()).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Run by [`results_do_not_depend_on_the_thread_count`] in a child process.
+#[test]
+#[ignore = "run by results_do_not_depend_on_the_thread_count with a set thread count"]
+fn threaded_results_probe() {
+    println!("HASH {:016x}", threaded_results_hash());
+}
+
+/// The kernels' pool size is fixed per process (candle reads `RAYON_NUM_THREADS` once), so
+/// this test runs [`threaded_results_probe`] in child processes on 1 and 3 threads and compares
+/// their hashes with this process's.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let here = threaded_results_hash();
+    let exe = std::env::current_exe().unwrap();
+    for threads in ["1", "3"] {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "threaded_results_probe",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("RAYON_NUM_THREADS", threads)
+            .env_remove("CANDLE_NUM_THREADS")
+            .output()
             .unwrap();
-        pool.install(|| {
-            let (s, j) = oracle.score_with_vjp(&x, &t, &v).unwrap();
-            (host(&s), host(&j))
-        })
-    };
-    let one = on(1);
-    for threads in [2, 3] {
-        assert!(on(threads) == one, "{threads} threads changed the score");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let hash = stdout
+            .lines()
+            .find_map(|l| l.split("HASH ").nth(1).map(str::trim))
+            .unwrap_or_else(|| panic!("no hash from the child on {threads} threads: {stdout}"));
+        assert_eq!(
+            hash,
+            format!("{here:016x}"),
+            "{threads} threads changed the results"
+        );
     }
 }
 

@@ -4,7 +4,9 @@
 //! (`[64, 32, 28, 28]`, 8 groups); the image networks' kernels on small DDPM++-like shapes
 //! (quick settings: 10 samples, 1 s): convolutions by Winograd and by im2col + GEMM (3x3 on
 //! `[8, 64, 16, 16]`, forward, input and kernel gradients; 1x1; 3x3 stride 2), FIR upsampling
-//! and its adjoint, and the attention softmax over `[4·256, 256]` rows.
+//! and its adjoint, and the attention softmax over `[4·256, 256]` rows; the float32 normals
+//! of `BlockNoise` (one block of 4096) and the 2-D mixture score (8 components, 10 000 points,
+//! with and without the vjp).
 //!
 //! `cargo bench -p sde-kernels`
 
@@ -16,7 +18,9 @@ use sde_kernels::conv::{
 };
 use sde_kernels::fir::UpFirDn;
 use sde_kernels::groupnorm::{group_norm_backward, group_norm_forward, GnActivation, GnShape};
+use sde_kernels::mixture::{score_runs, MixtureConsts};
 use sde_kernels::mlp::{backward, forward, Grads, MlpSpec, Save, TimeEmbedding};
+use sde_kernels::normal::fill_block;
 use sde_kernels::simd::silu_to;
 use sde_kernels::softmax::{softmax_rows, softmax_rows_backward};
 
@@ -132,6 +136,46 @@ fn bench_group_norm(c: &mut Criterion) {
     });
 }
 
+fn bench_noise_and_mixture(c: &mut Criterion) {
+    let mut z = vec![0.0f32; 4096];
+    c.bench_function("normal_fill_block_4096", |b| {
+        b.iter(|| fill_block(7, &mut z))
+    });
+    // the "8 Gaussians" ring at one time: a μ_k on a circle of radius 4, v = 0.2² + 1
+    let (k, d, n) = (8, 2, 10_000);
+    let amu: Vec<f64> = (0..k)
+        .flat_map(|i| {
+            let a = std::f64::consts::TAU * i as f64 / k as f64;
+            [4.0 * a.cos(), 4.0 * a.sin()]
+        })
+        .collect();
+    let consts = MixtureConsts::from_f64(d, &amu, &vec![1.0 / 1.04; k * d], &vec![-2.0; k]);
+    let x = vals(n * d, 4.0);
+    let probe = vals(n * d, 1.0);
+    let (mut out, mut out_v) = (vec![0.0; n * d], vec![0.0; n * d]);
+    let runs = [0..n];
+    c.bench_function("mixture_score_2d_k8_b10000", |b| {
+        b.iter(|| {
+            score_runs(k, d, &x, &mut out, None, &runs, |_, c| {
+                c.clone_from(&consts)
+            })
+        })
+    });
+    c.bench_function("mixture_score_vjp_2d_k8_b10000", |b| {
+        b.iter(|| {
+            score_runs(
+                k,
+                d,
+                &x,
+                &mut out,
+                Some((&probe, &mut out_v)),
+                &runs,
+                |_, c| c.clone_from(&consts),
+            )
+        })
+    });
+}
+
 fn bench_image_kernels(c: &mut Criterion) {
     let g3 = Conv2dGeom {
         b: 8,
@@ -198,7 +242,7 @@ fn bench_image_kernels(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, bench_group_norm);
+criterion_group!(benches, bench, bench_group_norm, bench_noise_and_mixture);
 criterion_group! {
     name = image_benches;
     config = Criterion::default()

@@ -14,6 +14,10 @@
 //! - [`matmul`]: bounds-checked matrix views over the `gemm` crate.
 //! - [`memory`]: keep freed tensor buffers in the process (glibc's thresholds).
 //! - [`mlp`]: the fused forward and backward pass of the time-conditioned MLP score network.
+//! - [`normal`]: float32 standard normals, eight xoshiro128++ streams and a vectorised
+//!   Box–Muller transform per block (`sde_core::noise::BlockNoise`'s kernel).
+//! - [`mixture`]: the float32 Gaussian-mixture score and its vector–Jacobian product over
+//!   low-dimensional points (`sde_core::analytic::FastMixtureScore`'s kernel).
 //!
 //! Every function here takes plain slices and checks its sizes, so the API is safe; the
 //! `unsafe` blocks (calls into `gemm`, calls of `#[target_feature]` functions, disjoint writes
@@ -28,7 +32,9 @@ pub mod float;
 pub mod groupnorm;
 pub mod matmul;
 pub mod memory;
+pub mod mixture;
 pub mod mlp;
+pub mod normal;
 pub mod parallel;
 pub mod simd;
 pub mod softmax;

@@ -208,6 +208,41 @@ pub fn row_groups(n_rows: usize, block: usize, max_groups: usize) -> Vec<std::op
         .collect()
 }
 
+/// Runs `f(range, &mut data[range])` for each of `ranges`, consecutive ranges that cover `data`
+/// in order (e.g. [`row_groups`] of its length), under [`for_each_mut`]'s policy: on the pool
+/// when `total_work` is worth splitting, else in order on this thread. With a layout that
+/// depends on `data.len()` only and an `f` that derives each value from its position, the
+/// result does not depend on the thread count.
+///
+/// # Panics
+/// If `ranges` do not tile `0..data.len()` in order (a caller's bug, not an input error).
+pub fn for_each_range_mut<T: Send>(
+    data: &mut [T],
+    ranges: &[std::ops::Range<usize>],
+    total_work: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [T]) + Sync,
+) {
+    let mut tasks = Vec::with_capacity(ranges.len());
+    let mut rest = data;
+    let mut next = 0;
+    for r in ranges {
+        assert!(
+            r.start == next && r.end >= r.start && r.len() <= rest.len(),
+            "for_each_range_mut: {r:?} does not follow {next} in a slice of {}",
+            next + rest.len()
+        );
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(r.len());
+        tasks.push((r.clone(), head));
+        rest = tail;
+        next = r.end;
+    }
+    assert!(
+        rest.is_empty(),
+        "for_each_range_mut: the ranges end at {next}, before the end of the slice"
+    );
+    for_each_mut(&mut tasks, total_work, |_, (r, chunk)| f(r.clone(), chunk));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +330,27 @@ mod tests {
         let mut v = vec![0usize; 37];
         for_each_mut(&mut v, usize::MAX, |i, x| *x += i + 1);
         assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1));
+    }
+
+    #[test]
+    fn for_each_range_mut_hands_out_each_range_once() {
+        for n in [0usize, 1, 100, 5000] {
+            let mut v = vec![0usize; n];
+            let ranges = row_groups(n, 64, 16);
+            for_each_range_mut(&mut v, &ranges, usize::MAX, |r, chunk| {
+                assert_eq!(r.len(), chunk.len());
+                for (i, x) in r.zip(chunk) {
+                    *x += i + 1;
+                }
+            });
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "before the end")]
+    fn for_each_range_mut_rejects_ranges_that_miss_elements() {
+        let mut v = vec![0u8; 10];
+        for_each_range_mut(&mut v, &[0..4, 4..8], 0, |_, _| {});
     }
 }

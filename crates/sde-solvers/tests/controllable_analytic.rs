@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use rand::SeedableRng;
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore, GaussianScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture, GaussianScore};
 use sde_core::{Sde, VeSde, VpSde};
 use sde_solvers::controllable::{AutogradClassifier, GuidedScore};
 use sde_solvers::corrector::{LangevinCorrector, NoCorrector};
@@ -98,7 +98,7 @@ fn inpainting_mixture_lands_on_the_compatible_branches() {
     let m = 4000;
     let sde = VeSde::new(0.01, 50.0, 200).unwrap();
     let gmm = mixture();
-    let score = GaussianMixtureScore::new(&sde, gmm);
+    let score = FastMixtureScore::new(&sde, gmm);
     let c = 4.0 * std::f32::consts::FRAC_1_SQRT_2;
     let data = Tensor::new(&[[c, 0.0f32]], &Device::Cpu)
         .unwrap()
@@ -185,7 +185,7 @@ fn classifier_guidance_with_exact_posterior_hits_the_requested_mode() {
     let m = 1600;
     let sde = VeSde::new(0.01, 50.0, 200).unwrap();
     let gmm = mixture();
-    let score = GaussianMixtureScore::new(&sde, gmm.clone());
+    let score = FastMixtureScore::new(&sde, gmm.clone());
     let means: Vec<f32> = gmm.means().iter().flatten().map(|v| *v as f32).collect();
     let mu = Tensor::from_vec(means, (1, 8, 2), &Device::Cpu).unwrap();
     let logw: Vec<f32> = gmm.weights().iter().map(|w| w.ln() as f32).collect();

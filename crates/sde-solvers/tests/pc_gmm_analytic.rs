@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture};
 use sde_core::{Sde, SubVpSde, VeSde, VpSde};
 use sde_solvers::corrector::{AnnealedLangevinDynamics, Corrector, LangevinCorrector, NoCorrector};
 use sde_solvers::pc::PcSampler;
@@ -138,7 +138,7 @@ fn run<S: Sde, P: Predictor<S>, C: Corrector<S>>(
 ) {
     let gmm = mixture();
     let threshold = energy_threshold(&gmm);
-    let score = GaussianMixtureScore::new(sde, gmm.clone());
+    let score = FastMixtureScore::new(sde, gmm.clone());
     let seed = name.bytes().fold(env("PC_SALT", 0) as u64, |h, b| {
         h.wrapping_mul(31).wrapping_add(b as u64)
     });

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
-use sde_core::analytic::{GaussianMixture, GaussianMixtureScore};
+use sde_core::analytic::{FastMixtureScore, GaussianMixture};
 use sde_core::noise::PerSampleNoise;
 use sde_core::{VeSde, VpSde};
 use sde_solvers::corrector::{AnnealedLangevinDynamics, LangevinCorrector, NoCorrector};
@@ -21,7 +21,7 @@ fn rows(t: &Tensor) -> Vec<Vec<f32>> {
 fn per_sample_noise_is_batch_size_invariant() {
     let gmm = GaussianMixture::ring(8, 4.0, 0.2).unwrap();
     let ve = VeSde::new(0.01, 50.0, 60).unwrap();
-    let score = GaussianMixtureScore::new(&ve, gmm.clone());
+    let score = FastMixtureScore::new(&ve, gmm.clone());
     let sampler = PcSampler::new(
         ReverseDiffusionPredictor::new(false),
         AnnealedLangevinDynamics::new(0.16, 2).unwrap(),
@@ -56,7 +56,7 @@ fn per_sample_noise_is_batch_size_invariant() {
 
     // Same with VP ancestral sampling and no corrector.
     let vp = VpSde::new(0.1, 20.0, 60).unwrap();
-    let score = GaussianMixtureScore::new(&vp, gmm);
+    let score = FastMixtureScore::new(&vp, gmm);
     let sampler = PcSampler::new(AncestralSamplingPredictor, NoCorrector);
     let run = |b: usize, offset: u64| {
         let mut noise = PerSampleNoise::new(7).with_offset(offset);
@@ -79,7 +79,7 @@ fn per_sample_noise_is_batch_size_invariant() {
 fn seeded_rng_reproduces_and_langevin_couples_the_batch() {
     let gmm = GaussianMixture::ring(8, 4.0, 0.2).unwrap();
     let ve = VeSde::new(0.01, 50.0, 40).unwrap();
-    let score = GaussianMixtureScore::new(&ve, gmm);
+    let score = FastMixtureScore::new(&ve, gmm);
     let sampler = PcSampler::new(
         ReverseDiffusionPredictor::new(false),
         LangevinCorrector::new(0.16, 1).unwrap(),

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Shape, Tensor};
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{fill_chunks, max_threads, NoiseSource, Xoshiro256PlusPlus};
+use super::{fill_chunks, NoiseSource, Xoshiro256PlusPlus};
 use crate::error::{Error, Result};
 
 /// Deepest subdivision a tree may use: below this the dyadic midpoints of an interval of
@@ -265,7 +265,7 @@ impl BrownianTree {
         if per == 0 {
             return Ok(out);
         }
-        fill_chunks(&mut out, per, max_threads(), |first, chunk| {
+        fill_chunks(&mut out, per, false, |first, chunk| {
             let mut s = Scratch::new(per);
             for (i, w) in chunk.chunks_mut(per).enumerate() {
                 let j = first + i;
