@@ -243,31 +243,15 @@ pub fn score_field_png<S: Sde, F: ScoreFn>(
 /// (much more on a loaded machine, where candle's spinning barrier waits for descheduled
 /// workers). Call it first thing in `main`, before any tensor op.
 ///
-/// On glibc it also keeps freed memory in the process (no trimming, no per-allocation `mmap`):
+/// It also keeps freed memory in the process ([`score_nets::retain_freed_memory`], glibc):
 /// candle allocates a fresh buffer for every op, and returning each one to the kernel made page
-/// faults cost as much as the arithmetic.
+/// faults cost as much as the arithmetic. (This replaces a copy of that `mallopt` call whose
+/// 256 MiB mmap threshold glibc refused, above its 32 MiB maximum, leaving that setting unchanged.)
 pub fn single_threaded_candle() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_MMAP_THRESHOLD: i32 = -3;
-        // SAFETY: the declaration matches glibc's `int mallopt(int param, int value)`, and this
-        // block is compiled only for glibc targets. glibc documents mallopt as MT-Safe (it takes
-        // the arena lock), so a call while other threads allocate is still sound; the two
-        // parameters only change when freed memory is trimmed and which sizes use `mmap`, never
-        // the validity of memory already handed out. Its return value (0 on error) needs no
-        // handling: an unsupported tunable leaves the allocator as it was.
-        unsafe {
-            mallopt(M_TRIM_THRESHOLD, 512 << 20);
-            mallopt(M_MMAP_THRESHOLD, 256 << 20);
-        }
-    }
+    score_nets::retain_freed_memory();
 }
 
 /// Trajectories of a few particles (polylines from the prior to the data), over the data.
