@@ -257,11 +257,17 @@ pub fn conv2d_input_grad_im2col<T: Float>(gy: &[T], w: &[T], g: &Conv2dGeom) -> 
     gx
 }
 
+/// The most partial sums [`conv2d_kernel_grad`] splits a batch into (a multiple of the usual
+/// thread counts 1, 2, 4 and 8, so the runs share out evenly).
+pub const KERNEL_GRAD_PARTS: usize = 8;
+
 /// The kernel gradient of [`conv2d`]: `x: [B, C, H, W]`, `gy: [B, O, Ho, Wo]` →
 /// `gw: [O, C, kh, kw]` = Σ_b gy_b · im2col(x_b)ᵀ (`[O, N] · [N, C·kh·kw]`), the im2col matrix
-/// read transposed in place by the GEMM. With at least as many images as threads, each thread
-/// accumulates its share of the images into its own `[O, C·kh·kw]` sum (then the sums are added
-/// in order); otherwise the images go in turn, each GEMM's columns split among the threads.
+/// read transposed in place by the GEMM. The images are cut into [`KERNEL_GRAD_PARTS`] (or `B`
+/// if fewer) runs of consecutive images, a layout set by `B` alone: each run accumulates into its
+/// own `[O, C·kh·kw]` sum, the runs in parallel, and the sums are added in run order, so the
+/// result is bit-identical on any number of threads. A single image's GEMM instead splits its
+/// columns among the threads (which does not change any output's summation order).
 /// Panics if a length does not match `g`.
 pub fn conv2d_kernel_grad<T: Float>(x: &[T], gy: &[T], g: &Conv2dGeom) -> Vec<T> {
     g.check(
@@ -276,12 +282,9 @@ pub fn conv2d_kernel_grad<T: Float>(x: &[T], gy: &[T], g: &Conv2dGeom) -> Vec<T>
     let k = g.c * g.kh * g.kw;
     let (in_img, out_img, size) = (g.c * g.h * g.w, g.o * n, g.o * k);
     let threads = num_threads();
-    let parts = if threads > 1 && g.b >= threads {
-        threads
-    } else {
-        1
-    };
-    let per = g.b.div_ceil(parts);
+    // runs of `per` consecutive images, their number set by B alone (not by the thread count)
+    let per = g.b.div_ceil(g.b.clamp(1, KERNEL_GRAD_PARTS)).max(1);
+    let parts = g.b.div_ceil(per).max(1);
     let mut acc = vec![T::zero(); parts * size];
     let accumulate = |dst: &mut [T], images: std::ops::Range<usize>, threads: usize| {
         for (i, bi) in images.enumerate() {
