@@ -3,17 +3,7 @@
 
 use super::*;
 
-fn values(n: usize, seed: u64) -> Vec<f64> {
-    let mut z = seed;
-    (0..n)
-        .map(|_| {
-            z = z
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        })
-        .collect()
-}
+use crate::test_util::values;
 
 /// Every (output index, input index, weight) of the map for one plane, from the padded signal.
 fn terms(

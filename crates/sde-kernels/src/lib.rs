@@ -38,4 +38,6 @@ pub mod normal;
 pub mod parallel;
 pub mod simd;
 pub mod softmax;
+#[cfg(test)]
+mod test_util;
 pub mod winograd;
