@@ -325,9 +325,17 @@ pub fn run(
             return Err("ddpm (VP) trains DDPM++ or DDPM: use `--network ddpmpp` or `ddpm`".into())
         }
     }
+    // the paper's samplers walk the SDE's N = --paper-steps (the VP chain's betas β_max / N
+    // must lie in (0, 1)): name the flag, not the SDE parameter, when it is refused
+    let paper_steps = |e: sde_core::Error| {
+        format!(
+            "--paper-steps {}: the paper's samplers' discretisation is refused: {e}",
+            preset.paper_steps
+        )
+    };
     match family {
         Family::Ve => with_sde(
-            &VeSde::new(0.01, sigma_max(&net), preset.paper_steps)?,
+            &VeSde::new(0.01, sigma_max(&net), preset.paper_steps).map_err(paper_steps)?,
             family,
             &preset,
             &net,
@@ -336,7 +344,7 @@ pub fn run(
             seed,
         ),
         Family::Vp => with_sde(
-            &VpSde::new(0.1, 20.0, preset.paper_steps)?,
+            &VpSde::new(0.1, 20.0, preset.paper_steps).map_err(paper_steps)?,
             family,
             &preset,
             &net,

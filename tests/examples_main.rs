@@ -224,6 +224,28 @@ fn an_unknown_fast_sampler_is_refused_before_training() {
 }
 
 #[test]
+fn too_few_paper_steps_are_refused_naming_the_flag() {
+    let out = std::env::temp_dir().join(format!("scoresde-test-papersteps-{}", std::process::id()));
+    let o = Command::new(example("ddpm"))
+        .args([
+            "--quick",
+            "--dataset",
+            "mnist5k",
+            "--paper-steps",
+            "10",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("example runs");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--paper-steps 10"), "{err}");
+    assert!(err.contains("beta_max"), "{err}");
+    assert!(!out.join("checkpoints").exists(), "trained before refusing");
+}
+
+#[test]
 fn smld_mnist5k_quick_trains_samples_and_evaluates() {
     mnist_quick("smld", &[]);
 }
