@@ -202,47 +202,41 @@ fn mnist_quick(name: &str, extra: &[&str]) -> serde_json::Value {
     s
 }
 
-#[test]
-fn an_unknown_fast_sampler_is_refused_before_training() {
-    let out = std::env::temp_dir().join(format!("scoresde-test-badsampler-{}", std::process::id()));
+/// Runs `ddpm --quick --dataset mnist5k` with `args` and checks that it fails before training,
+/// with a message that contains each of `expect`.
+fn refused_before_training(tag: &str, args: &[&str], expect: &[&str]) {
+    let out = std::env::temp_dir().join(format!("scoresde-test-{tag}-{}", std::process::id()));
     let o = Command::new(example("ddpm"))
-        .args([
-            "--quick",
-            "--dataset",
-            "mnist5k",
-            "--fast-sampler",
-            "nope",
-            "--out",
-        ])
+        .args(["--quick", "--dataset", "mnist5k"])
+        .args(args)
+        .arg("--out")
         .arg(&out)
         .output()
         .expect("example runs");
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--fast-sampler nope"), "{err}");
+    for e in expect {
+        assert!(err.contains(e), "{e} not in: {err}");
+    }
     assert!(!out.join("checkpoints").exists(), "trained before refusing");
 }
 
 #[test]
+fn an_unknown_fast_sampler_is_refused_before_training() {
+    refused_before_training(
+        "badsampler",
+        &["--fast-sampler", "nope"],
+        &["--fast-sampler nope"],
+    );
+}
+
+#[test]
 fn too_few_paper_steps_are_refused_naming_the_flag() {
-    let out = std::env::temp_dir().join(format!("scoresde-test-papersteps-{}", std::process::id()));
-    let o = Command::new(example("ddpm"))
-        .args([
-            "--quick",
-            "--dataset",
-            "mnist5k",
-            "--paper-steps",
-            "10",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .expect("example runs");
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--paper-steps 10"), "{err}");
-    assert!(err.contains("beta_max"), "{err}");
-    assert!(!out.join("checkpoints").exists(), "trained before refusing");
+    refused_before_training(
+        "papersteps",
+        &["--paper-steps", "10"],
+        &["--paper-steps 10", "beta_max"],
+    );
 }
 
 #[test]

@@ -325,11 +325,11 @@ impl rand::RngCore for Xoshiro256PlusPlus {
 /// the seed and the sequence of calls only: the same on 1 or 16 threads.
 ///
 /// Float32 normals (also f16 / bf16, converted) come from eight xoshiro128++ streams per block
-/// through a vectorised Box–Muller transform (`sde_kernels::normal`), z = √(−2 ln u₁) (cos θ, sin θ), exact in the
-/// tails out to 6.5 σ; float64 normals from the ziggurat method of `rand_distr` on one
-/// xoshiro256++ stream per block, uniforms from the same stream. Use it on the CPU when speed
-/// matters (float32 normals are about ten times faster than a `StdRng`'s); use
-/// [`PerSampleNoise`] when a sample must not change with the batch size.
+/// through a vectorised Box–Muller transform (`sde_kernels::normal`),
+/// z = √(−2 ln u₁) (cos θ, sin θ), exact in the tails out to 6.5 σ; float64 normals from the
+/// ziggurat method of `rand_distr` on one xoshiro256++ stream per block, uniforms from the same
+/// stream. Use it on the CPU when speed matters (float32 normals are about ten times faster
+/// than a `StdRng`'s); use [`PerSampleNoise`] when a sample must not change with the batch size.
 /// ```
 /// use candle_core::{DType, Device, Shape};
 /// use sde_core::noise::{BlockNoise, NoiseSource};
@@ -343,7 +343,8 @@ impl rand::RngCore for Xoshiro256PlusPlus {
 pub struct BlockNoise {
     seed: u64,
     draws: u64,
-    threads: usize,
+    /// Fill every draw on the calling thread (`with_threads(1)`).
+    serial: bool,
 }
 
 impl BlockNoise {
@@ -356,7 +357,7 @@ impl BlockNoise {
         Self {
             seed,
             draws: 0,
-            threads: sde_kernels::parallel::num_threads(),
+            serial: false,
         }
     }
 
@@ -364,7 +365,7 @@ impl BlockNoise {
     /// draws use the kernels' pool, whose size candle sets (`RAYON_NUM_THREADS`). The values
     /// do not change either way.
     pub fn with_threads(mut self, threads: usize) -> Self {
-        self.threads = threads.max(1);
+        self.serial = threads <= 1;
         self
     }
 
@@ -377,11 +378,11 @@ impl BlockNoise {
     /// block's stream.
     fn fill<T: Send>(
         key: u64,
-        threads: usize,
+        serial: bool,
         out: &mut [T],
         value: impl Fn(&mut Xoshiro256PlusPlus) -> T + Sync,
     ) {
-        fill_chunks(out, Self::BLOCK, threads == 1, |first, chunk| {
+        fill_chunks(out, Self::BLOCK, serial, |first, chunk| {
             for (j, blk) in chunk.chunks_mut(Self::BLOCK).enumerate() {
                 let mut r = Xoshiro256PlusPlus::new(Self::block_key(key, first + j));
                 for v in blk.iter_mut() {
@@ -412,30 +413,30 @@ impl NoiseSource for BlockNoise {
     /// xoshiro128++ streams per block. Float64: the ziggurat method of `rand_distr` on one
     /// xoshiro256++ stream per block.
     fn randn(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
-        let (key, threads) = (self.next_key(), self.threads);
+        let (key, serial) = (self.next_key(), self.serial);
         host_tensor(
             shape,
             device,
             dtype,
             |v| {
-                fill_chunks(v, Self::BLOCK, threads == 1, |first, chunk| {
+                fill_chunks(v, Self::BLOCK, serial, |first, chunk| {
                     for (j, blk) in chunk.chunks_mut(Self::BLOCK).enumerate() {
                         sde_kernels::normal::fill_block(Self::block_key(key, first + j), blk);
                     }
                 })
             },
-            |v| Self::fill(key, threads, v, |r| StandardNormal.sample(r)),
+            |v| Self::fill(key, serial, v, |r| StandardNormal.sample(r)),
         )
     }
 
     fn rand_uniform(&mut self, shape: &Shape, device: &Device, dtype: DType) -> Result<Tensor> {
-        let (key, threads) = (self.next_key(), self.threads);
+        let (key, serial) = (self.next_key(), self.serial);
         host_tensor(
             shape,
             device,
             dtype,
-            |v| Self::fill(key, threads, v, |r| r.random::<f32>()),
-            |v| Self::fill(key, threads, v, |r| r.random::<f64>()),
+            |v| Self::fill(key, serial, v, |r| r.random::<f32>()),
+            |v| Self::fill(key, serial, v, |r| r.random::<f64>()),
         )
     }
 }

@@ -63,8 +63,6 @@ impl GnFloat for f32 {}
 impl GnFloat for f64 {}
 
 mod private {
-    use std::ops::{Add, Mul, Sub};
-
     /// One (sample, group) task's parameters.
     pub struct Group<'a, T> {
         pub gamma: &'a [T],
@@ -74,18 +72,8 @@ mod private {
         pub silu: bool,
     }
 
-    pub trait Kernels:
-        Copy
-        + Default
-        + Send
-        + Sync
-        + Add<Output = Self>
-        + Sub<Output = Self>
-        + Mul<Output = Self>
-        + 'static
-    {
-        fn from_f64(v: f64) -> Self;
-        fn to_f64(self) -> f64;
+    /// The per-type kernels, on top of the crate's element type (its `from_f64` / `as_f64`).
+    pub trait Kernels: crate::float::Float {
         fn sigmoid(self) -> Self;
         fn fwd_group(g: &Group<'_, Self>, xs: &[Self], ys: &mut [Self]);
         fn bwd_group(
@@ -101,14 +89,6 @@ use private::{Group, Kernels};
 
 impl Kernels for f32 {
     #[inline(always)]
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-    #[inline(always)]
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    #[inline(always)]
     fn sigmoid(self) -> Self {
         sigmoid_scalar(self)
     }
@@ -121,14 +101,6 @@ impl Kernels for f32 {
 }
 
 impl Kernels for f64 {
-    #[inline(always)]
-    fn from_f64(v: f64) -> Self {
-        v
-    }
-    #[inline(always)]
-    fn to_f64(self) -> f64 {
-        self
-    }
     #[inline(always)]
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
@@ -164,11 +136,11 @@ fn lane_dot<T: Kernels>(a: &[T], b: &[T]) -> f64 {
     let (mut ia, mut ib) = (a.chunks_exact(8), b.chunks_exact(8));
     for (qa, qb) in (&mut ia).zip(&mut ib) {
         for ((s, &x), &y) in acc.iter_mut().zip(qa).zip(qb) {
-            *s += x.to_f64() * y.to_f64();
+            *s += x.as_f64() * y.as_f64();
         }
     }
     for ((s, &x), &y) in acc.iter_mut().zip(ia.remainder()).zip(ib.remainder()) {
-        *s += x.to_f64() * y.to_f64();
+        *s += x.as_f64() * y.as_f64();
     }
     acc.iter().sum()
 }
@@ -177,9 +149,9 @@ fn lane_dot<T: Kernels>(a: &[T], b: &[T]) -> f64 {
 #[inline(always)]
 fn stats<T: Kernels>(v: &[T], eps: f64) -> (f64, f64) {
     let n = v.len() as f64;
-    let mean = lane_sum(v, |a| a.to_f64()) / n;
+    let mean = lane_sum(v, |a| a.as_f64()) / n;
     let var = lane_sum(v, |a| {
-        let d = a.to_f64() - mean;
+        let d = a.as_f64() - mean;
         d * d
     }) / n;
     (mean, 1.0 / (var + eps).sqrt())
@@ -190,8 +162,8 @@ fn fwd_body<T: Kernels>(g: &Group<'_, T>, xs: &[T], ys: &mut [T]) {
     let (mean, rstd) = stats(xs, g.eps);
     let s = g.spatial;
     for (j, (xc, yc)) in xs.chunks_exact(s).zip(ys.chunks_exact_mut(s)).enumerate() {
-        let a = g.gamma[j].to_f64() * rstd;
-        let (a, o) = (T::from_f64(a), T::from_f64(g.beta[j].to_f64() - mean * a));
+        let a = g.gamma[j].as_f64() * rstd;
+        let (a, o) = (T::from_f64(a), T::from_f64(g.beta[j].as_f64() - mean * a));
         if g.silu {
             for (y, &x) in yc.iter_mut().zip(xc) {
                 let z = x * a + o;
@@ -216,12 +188,12 @@ fn bwd_body<T: Kernels>(g: &Group<'_, T>, xs: &[T], dys: &[T], dxs: &mut [T], pg
     let one = T::from_f64(1.0);
     let (mut s1, mut s2) = (0f64, 0f64);
     for j in 0..cg {
-        let gm = g.gamma[j].to_f64();
+        let gm = g.gamma[j].as_f64();
         let r = j * s..(j + 1) * s;
         let (xc, dyc, dzc) = (&xs[r.clone()], &dys[r.clone()], &mut dxs[r]);
         if g.silu {
             let a = gm * rstd;
-            let (a, o) = (T::from_f64(a), T::from_f64(g.beta[j].to_f64() - mean * a));
+            let (a, o) = (T::from_f64(a), T::from_f64(g.beta[j].as_f64() - mean * a));
             for ((d, &x), &dy) in dzc.iter_mut().zip(xc).zip(dyc) {
                 let z = x * a + o;
                 let sg = z.sigmoid();
@@ -230,7 +202,7 @@ fn bwd_body<T: Kernels>(g: &Group<'_, T>, xs: &[T], dys: &[T], dxs: &mut [T], pg
         } else {
             dzc.copy_from_slice(dyc);
         }
-        let sdz = lane_sum(dzc, |d| d.to_f64());
+        let sdz = lane_sum(dzc, |d| d.as_f64());
         // Σ dz x̂ = r (Σ dz x − μ Σ dz): exact products in f64
         let sdzx = rstd * (lane_dot(dzc, xc) - mean * sdz);
         s1 += gm * sdz;
@@ -241,7 +213,7 @@ fn bwd_body<T: Kernels>(g: &Group<'_, T>, xs: &[T], dys: &[T], dxs: &mut [T], pg
     let n = (cg * s) as f64;
     let (m1, m2) = (s1 / n, s2 / n);
     for j in 0..cg {
-        let gm = g.gamma[j].to_f64();
+        let gm = g.gamma[j].as_f64();
         let r = j * s..(j + 1) * s;
         // dx = r (γ dz − m1 − x̂ m2) = ka dz − kb x + kc
         let (ka, kb, kc) = (

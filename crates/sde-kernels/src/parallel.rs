@@ -15,8 +15,8 @@
 //!
 //! The helpers, from the most to the least structured: [`for_each_mut`] (one task per item),
 //! [`for_each_chunk_run`] (disjoint chunks of one output, in runs of consecutive chunks), and
-//! [`run_tasks`] (bare task indices, for kernels whose tasks write through the crate-internal `SharedMut`: the
-//! strided or uninitialised outputs that safe splitting cannot express).
+//! [`run_tasks`] (bare task indices, for kernels whose tasks write through the crate-internal
+//! `SharedMut`: the strided or uninitialised outputs that safe splitting cannot express).
 
 use std::sync::{Mutex, OnceLock};
 
@@ -79,15 +79,11 @@ pub fn for_each_chunk_run<T: Send>(
     if num_threads() == 1 || n_chunks == 1 || total_work < MIN_TASK_WORK * 2 {
         return f(0..n_chunks, out);
     }
-    let mut runs: Vec<(std::ops::Range<usize>, &mut [T])> = Vec::new();
-    let mut rest = out;
-    for g in row_groups(n_chunks, 1, MAX_RUNS) {
-        let len = ((g.end - g.start) * chunk).min(rest.len());
-        let (run, tail) = std::mem::take(&mut rest).split_at_mut(len);
-        runs.push((g, run));
-        rest = tail;
-    }
-    for_each_mut(&mut runs, total_work, |_, (g, run)| f(g.clone(), run));
+    // runs of whole chunks, as value ranges; back to chunk indices for `f`
+    let runs = row_groups(out.len(), chunk, MAX_RUNS);
+    for_each_range_mut(out, &runs, total_work, |r, run| {
+        f(r.start / chunk..r.end.div_ceil(chunk), run)
+    });
 }
 
 /// The most runs [`for_each_chunk_run`] makes (a multiple of every usual thread count, so that the

@@ -154,8 +154,8 @@ pub fn im2col(
     Ok((cols, ho, wo))
 }
 
-/// The CPU convolution (`sde_kernels::conv`, `sde_kernels::winograd`) as a custom op (`x`, `w` and optionally the bias) with an
-/// efficient backward pass.
+/// The CPU convolution (`sde_kernels::conv`, `sde_kernels::winograd`) as a custom op (`x`, `w`
+/// and optionally the bias) with an efficient backward pass.
 #[derive(Debug, Clone, Copy)]
 struct ConvOp {
     geom: Geom,

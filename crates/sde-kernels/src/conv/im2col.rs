@@ -7,25 +7,32 @@
 use super::Conv2dGeom as Geom;
 use crate::float::Float;
 
+/// The output columns `lo..hi` whose input column `s·ox + v − p` for kernel column `v` lies
+/// inside the image (the others read padding).
+fn inside_columns(g: &Geom, v: usize) -> (usize, usize) {
+    let (w, p, s) = (g.w as isize, g.pad as isize, g.stride);
+    let wo = g.out_hw().1;
+    let lo = ((p - v as isize).max(0) as usize).div_ceil(s).min(wo);
+    let hi = if w + p - (v as isize) <= 0 {
+        0
+    } else {
+        ((w + p - v as isize) as usize).div_ceil(s).min(wo)
+    };
+    (lo, hi.max(lo))
+}
+
 /// im2col of one image `x: [C, H, W]` into `cols: [C·kh·kw, Ho·Wo]` (row `(c·kh + u)·kw + v`).
 pub(super) fn im2col_image<T: Float>(x: &[T], g: &Geom, cols: &mut [T]) {
     let (ho, wo) = g.out_hw();
     let n = ho * wo;
-    let (h, w, p, s) = (g.h as isize, g.w as isize, g.pad as isize, g.stride);
+    let (h, p, s) = (g.h as isize, g.pad as isize, g.stride);
     for ci in 0..g.c {
         let xc = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for u in 0..g.kh {
             for v in 0..g.kw {
                 let row = (ci * g.kh + u) * g.kw + v;
                 let dst = &mut cols[row * n..(row + 1) * n];
-                // output columns whose input column is inside the image
-                let lo = ((p - v as isize).max(0) as usize).div_ceil(s).min(wo);
-                let hi = if w + p - (v as isize) <= 0 {
-                    0
-                } else {
-                    ((w + p - v as isize) as usize).div_ceil(s).min(wo)
-                };
-                let hi = hi.max(lo);
+                let (lo, hi) = inside_columns(g, v);
                 for oy in 0..ho {
                     let iy = (oy * s) as isize + u as isize - p;
                     let d = &mut dst[oy * wo..(oy + 1) * wo];
@@ -56,7 +63,7 @@ pub(super) fn im2col_image<T: Float>(x: &[T], g: &Geom, cols: &mut [T]) {
 pub(super) fn col2im_image<T: Float>(cols: &[T], g: &Geom, gx: &mut [T]) {
     let (ho, wo) = g.out_hw();
     let n = ho * wo;
-    let (h, w, p, s) = (g.h as isize, g.w as isize, g.pad as isize, g.stride);
+    let (h, p, s) = (g.h as isize, g.pad as isize, g.stride);
     gx.fill(T::zero());
     for ci in 0..g.c {
         let gc = &mut gx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -64,13 +71,7 @@ pub(super) fn col2im_image<T: Float>(cols: &[T], g: &Geom, gx: &mut [T]) {
             for v in 0..g.kw {
                 let row = (ci * g.kh + u) * g.kw + v;
                 let src = &cols[row * n..(row + 1) * n];
-                let lo = ((p - v as isize).max(0) as usize).div_ceil(s).min(wo);
-                let hi = if w + p - (v as isize) <= 0 {
-                    0
-                } else {
-                    ((w + p - v as isize) as usize).div_ceil(s).min(wo)
-                };
-                let hi = hi.max(lo);
+                let (lo, hi) = inside_columns(g, v);
                 for oy in 0..ho {
                     let iy = (oy * s) as isize + u as isize - p;
                     if iy < 0 || iy >= h {
