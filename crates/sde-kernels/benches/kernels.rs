@@ -3,7 +3,8 @@
 //! the vector SiLU, and GroupNorm + SiLU forward and backward on an MNIST-size activation
 //! (`[64, 32, 28, 28]`, 8 groups); the image networks' kernels on small DDPM++-like shapes
 //! (quick settings: 10 samples, 1 s): convolutions by Winograd and by im2col + GEMM (3x3 on
-//! `[8, 64, 16, 16]`, forward, input and kernel gradients; 1x1; 3x3 stride 2), FIR upsampling
+//! `[8, 64, 16, 16]`, forward, input and kernel gradients; 1x1; 3x3 stride 2; Winograd
+//! forward and input gradient on the MNIST preset's `[64, 16, 28, 28]`), FIR upsampling
 //! and its adjoint, and the attention softmax over `[4·256, 256]` rows; the float32 normals
 //! of `BlockNoise` (one block of 4096) and the 2-D mixture score (8 components, 10 000 points,
 //! with and without the vjp).
@@ -208,6 +209,26 @@ fn bench_image_kernels(c: &mut Criterion) {
                 channel_sum(&gy, 8, 64, 256),
             )
         })
+    });
+    // the MNIST-5k preset's first level: batch 64, 16 channels, 28x28 (odd tile rows: 14)
+    let gm = Conv2dGeom {
+        b: 64,
+        c: 16,
+        h: 28,
+        w: 28,
+        o: 16,
+        ..g3
+    };
+    let xm = vals(gm.input_len(), 1.0);
+    let gym = vals(gm.output_len(), 1.0);
+    c.bench_function("conv3x3_winograd_64x16x28x28", |b| {
+        b.iter(|| conv2d(&xm, &w[..gm.kernel_len()], Some(&bias[..16]), &gm))
+    });
+    c.bench_function("conv3x3_im2col_64x16x28x28", |b| {
+        b.iter(|| conv2d_im2col(&xm, &w[..gm.kernel_len()], Some(&bias[..16]), &gm))
+    });
+    c.bench_function("conv3x3_input_grad_winograd_64x16x28x28", |b| {
+        b.iter(|| conv2d_input_grad(&gym, &w[..gm.kernel_len()], &gm))
     });
     let g1 = Conv2dGeom {
         kh: 1,
