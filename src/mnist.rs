@@ -30,7 +30,9 @@ pub enum MnistNetwork {
     Ncsnpp,
     /// DDPM++ ([`NcsnPpConfig::mnist_ddpmpp_continuous`]), the VP network of the paper.
     Ddpmpp,
-    /// The original DDPM U-Net ([`DdpmConfig::mnist`]).
+    /// The original DDPM U-Net ([`DdpmConfig::mnist`]). Known defect (7 Dec 2026): it trains,
+    /// but its samples diverge to saturated images, and its 1,200 steps take ~25 min on 2
+    /// cores; see docs/reproduce.md.
     Ddpm,
 }
 
