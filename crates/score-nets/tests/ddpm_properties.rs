@@ -269,3 +269,70 @@ fn dropout_draws_from_the_callers_source_and_only_in_training() {
     assert_ne!(t1, t3);
     assert_ne!(t1, e1, "training mode applies dropout");
 }
+
+/// Per-image mean and variance over each of `groups` channel groups, and the largest
+/// per-image, per-channel |mean|, of a `[B, C, H, W]` activation.
+fn group_stats(y: &Tensor, groups: usize) -> (f32, f32, f32) {
+    let (b, c, h, w) = y.dims4().unwrap();
+    let g = y.reshape((b, groups, c / groups * h * w)).unwrap();
+    let mean = g.mean_keepdim(2).unwrap();
+    let var = g
+        .broadcast_sub(&mean)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean(2)
+        .unwrap();
+    let ch_mean = y.reshape((b, c, h * w)).unwrap().mean(2).unwrap();
+    (
+        max_abs(&mean),
+        max_abs(&(var - 1.0).unwrap()),
+        max_abs(&ch_mean),
+    )
+}
+
+#[test]
+fn num_groups_sets_every_groupnorm_and_the_reference_keeps_32() {
+    // The output GroupNorm (freshly built: weight 1, bias 0) normalises each of `num_groups`
+    // channel groups per image to mean 0 and variance 1, and nothing finer.
+    let x = images(2, 8);
+    let labels = Tensor::new(&[10f32, 700.0], &Device::Cpu).unwrap();
+    for (groups, per_channel_centred) in [(8, false), (32, true)] {
+        let cfg = DdpmConfig {
+            num_groups: groups,
+            ..tiny()
+        };
+        let (_vm, net) = build(&cfg, 4);
+        let (_, acts) = net.forward_with_activations(&x, &labels).unwrap();
+        let norm = &acts[net.num_modules() - 2];
+        assert_eq!(norm.0, format!("all_modules.{}", net.num_modules() - 2));
+        let (mean, var_err, ch_mean) = group_stats(&norm.1, groups);
+        assert!(mean < 1e-4 && var_err < 1e-3, "{groups}: {mean} {var_err}");
+        // One channel a group is instance normalisation: every channel's per-image mean is
+        // removed (why the MNIST preset keeps 4 channels a group); with 8 groups it is not.
+        assert_eq!(ch_mean < 1e-4, per_channel_centred, "{groups}: {ch_mean}");
+    }
+    // The reference's models/ddpm.py hard-codes 32 groups: its presets and configs keep them.
+    assert_eq!(DdpmConfig::cifar10().num_groups, 32);
+    assert_eq!(DdpmConfig::small_test().num_groups, 32);
+    // The MNIST preset keeps at least 4 channels a group at every level.
+    let m = DdpmConfig::mnist();
+    assert!(
+        m.ch_mult.iter().all(|k| m.nf * k / m.num_groups >= 4),
+        "{m:?}"
+    );
+    m.validate().unwrap();
+    // Channel counts that the groups do not divide, and zero groups, are typed errors.
+    for bad in [
+        DdpmConfig {
+            num_groups: 0,
+            ..tiny()
+        },
+        DdpmConfig { nf: 16, ..tiny() },
+    ] {
+        match bad.validate() {
+            Err(Error::Config(m)) => assert!(m.contains("num_groups"), "{m}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The DDPM blocks of `models/layers.py` (`ResnetBlockDDPM`, `AttnBlock`, `Downsample`,
-//! `Upsample`); every GroupNorm has a fixed 32 groups.
+//! `Upsample`); every GroupNorm has the same group count (the reference's fixed 32 unless
+//! [`DdpmConfig::num_groups`](super::DdpmConfig::num_groups) says otherwise).
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -8,17 +9,19 @@ use crate::error::Result;
 use crate::layers::norm::GroupNorm;
 use crate::layers::{dense, dropout, softmax_last, Activation, Conv2d, Nin};
 
-/// `nn.GroupNorm(32, C, eps = 1e-6)`, the normalisation of every DDPM block: `weight` (init 1)
-/// and `bias` (init 0) of shape `[C]`, run as the fused CPU kernel of [`GroupNorm`].
-pub(super) fn group_norm32(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    if channels == 0 || !channels.is_multiple_of(32) {
+/// `nn.GroupNorm(groups, C, eps = 1e-6)` (`groups` = 32 in the reference), the normalisation
+/// of every DDPM block: `weight` (init 1) and `bias` (init 0) of shape `[C]`, run as the fused
+/// CPU kernel of [`GroupNorm`].
+pub(super) fn group_norm(channels: usize, groups: usize, vb: VarBuilder) -> Result<GroupNorm> {
+    if groups == 0 || channels == 0 || !channels.is_multiple_of(groups) {
         return Err(crate::Error::Config(format!(
-            "DDPM GroupNorm has 32 groups: the channel count must be a positive multiple of 32, got {channels}"
+            "DDPM GroupNorm has {groups} groups: the channel count must be a positive multiple \
+             of it, got {channels}"
         )));
     }
     let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?;
     let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.0))?;
-    GroupNorm::new(weight, bias, 32, 1e-6)
+    GroupNorm::new(weight, bias, groups, 1e-6)
 }
 
 pub(super) type Rng<'a> = Option<&'a mut dyn sde_core::noise::NoiseSource>;
@@ -37,7 +40,7 @@ pub(super) fn reborrow<'s>(
 /// $h = \mathrm{Conv_0}(\mathrm{act}(\mathrm{GN_0}(x))) + \mathrm{Dense_0}(\mathrm{act}(t_{emb}))$,
 /// $h = \mathrm{Conv_1}(\mathrm{dropout}(\mathrm{act}(\mathrm{GN_1}(h))))$,
 /// $y = \mathrm{NIN_0}(x) + h$ when the channel count changes, else $x + h$ (GroupNorms with
-/// 32 groups, `Conv_1` initialised with scale 0, i.e. 1e-10).
+/// `groups` groups, `Conv_1` initialised with scale 0, i.e. 1e-10).
 #[derive(Debug, Clone)]
 pub(super) struct ResnetBlock {
     group_norm_0: GroupNorm,
@@ -53,14 +56,15 @@ impl ResnetBlock {
         in_ch: usize,
         out_ch: usize,
         temb_dim: usize,
+        groups: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
-            group_norm_0: group_norm32(in_ch, vb.pp("GroupNorm_0"))?,
+            group_norm_0: group_norm(in_ch, groups, vb.pp("GroupNorm_0"))?,
             conv_0: Conv2d::conv3x3(in_ch, out_ch, 1.0, vb.pp("Conv_0"))?,
             // Built even for an unconditional network, as the reference's class does.
             dense_0: dense(temb_dim, out_ch, vb.pp("Dense_0"))?,
-            group_norm_1: group_norm32(out_ch, vb.pp("GroupNorm_1"))?,
+            group_norm_1: group_norm(out_ch, groups, vb.pp("GroupNorm_1"))?,
             conv_1: Conv2d::conv3x3(out_ch, out_ch, 0.0, vb.pp("Conv_1"))?,
             nin_0: if in_ch != out_ch {
                 Some(Nin::new(in_ch, out_ch, 0.1, vb.pp("NIN_0"))?)
@@ -97,7 +101,7 @@ impl ResnetBlock {
 
 /// `layers.AttnBlock`: $h = \mathrm{GN}(x)$, $q, k, v = \mathrm{NIN}_{0,1,2}(h)$,
 /// $w = \mathrm{softmax}(q^\top k / \sqrt C)$ over all $HW$ positions,
-/// $y = x + \mathrm{NIN}_3(v w^\top)$ (GroupNorm with 32 groups, no rescaling).
+/// $y = x + \mathrm{NIN}_3(v w^\top)$ (GroupNorm with `groups` groups, no rescaling).
 #[derive(Debug, Clone)]
 pub(super) struct AttnBlock {
     group_norm_0: GroupNorm,
@@ -105,9 +109,9 @@ pub(super) struct AttnBlock {
 }
 
 impl AttnBlock {
-    pub(super) fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            group_norm_0: group_norm32(channels, vb.pp("GroupNorm_0"))?,
+            group_norm_0: group_norm(channels, groups, vb.pp("GroupNorm_0"))?,
             nin: [
                 Nin::new(channels, channels, 0.1, vb.pp("NIN_0"))?,
                 Nin::new(channels, channels, 0.1, vb.pp("NIN_1"))?,

@@ -1,6 +1,7 @@
 //! The original DDPM network (Ho et al. 2020), the reference's `models/ddpm.py`, with its own
 //! blocks from `models/layers.py` (`ResnetBlockDDPM`, `AttnBlock`, `Downsample`, `Upsample`):
-//! unlike NCSN++ every GroupNorm has a fixed 32 groups.
+//! unlike NCSN++ every GroupNorm has one group count, the reference's fixed 32 by default
+//! ([`DdpmConfig::num_groups`]).
 
 mod blocks;
 mod config;
@@ -12,7 +13,7 @@ use candle_nn::{Linear, VarBuilder};
 use sde_core::noise::NoiseSource;
 use sde_core::Mode;
 
-use blocks::{group_norm32, reborrow, AttnBlock, Downsample, ResnetBlock, Rng, Upsample};
+use blocks::{group_norm, reborrow, AttnBlock, Downsample, ResnetBlock, Rng, Upsample};
 
 use crate::error::{Error, Result};
 use crate::layers::norm::GroupNorm;
@@ -65,6 +66,7 @@ impl Ddpm {
         let c = config;
         let nf = c.nf;
         let temb_dim = 4 * nf;
+        let g = c.num_groups;
         let all_res: Vec<usize> = (0..c.ch_mult.len()).map(|i| c.image_size >> i).collect();
         let mut modules: Vec<Block> = Vec::new();
         let vbm = vb.pp("all_modules");
@@ -85,11 +87,11 @@ impl Ddpm {
         for (level, (&mult, &res)) in c.ch_mult.iter().zip(&all_res).enumerate() {
             for _ in 0..c.num_res_blocks {
                 let out_ch = nf * mult;
-                let b = ResnetBlock::new(in_ch, out_ch, temb_dim, next(&modules))?;
+                let b = ResnetBlock::new(in_ch, out_ch, temb_dim, g, next(&modules))?;
                 modules.push(Block::Res(b));
                 in_ch = out_ch;
                 if c.attn_resolutions.contains(&res) {
-                    modules.push(Block::Attn(AttnBlock::new(in_ch, next(&modules))?));
+                    modules.push(Block::Attn(AttnBlock::new(in_ch, g, next(&modules))?));
                 }
                 hs_c.push(in_ch);
             }
@@ -103,13 +105,15 @@ impl Ddpm {
             in_ch,
             in_ch,
             temb_dim,
+            g,
             next(&modules),
         )?));
-        modules.push(Block::Attn(AttnBlock::new(in_ch, next(&modules))?));
+        modules.push(Block::Attn(AttnBlock::new(in_ch, g, next(&modules))?));
         modules.push(Block::Res(ResnetBlock::new(
             in_ch,
             in_ch,
             temb_dim,
+            g,
             next(&modules),
         )?));
         for level in (0..n_levels).rev() {
@@ -118,12 +122,12 @@ impl Ddpm {
                 let skip = hs_c
                     .pop()
                     .ok_or_else(|| Error::Config("internal: skip connections exhausted".into()))?;
-                let b = ResnetBlock::new(in_ch + skip, out_ch, temb_dim, next(&modules))?;
+                let b = ResnetBlock::new(in_ch + skip, out_ch, temb_dim, g, next(&modules))?;
                 modules.push(Block::Res(b));
                 in_ch = out_ch;
             }
             if c.attn_resolutions.contains(&all_res[level]) {
-                modules.push(Block::Attn(AttnBlock::new(in_ch, next(&modules))?));
+                modules.push(Block::Attn(AttnBlock::new(in_ch, g, next(&modules))?));
             }
             if level != 0 {
                 let u = Upsample::new(in_ch, c.resamp_with_conv, next(&modules))?;
@@ -133,7 +137,7 @@ impl Ddpm {
         if !hs_c.is_empty() {
             return Err(Error::Config("internal: unused skip connections".into()));
         }
-        modules.push(Block::Norm(group_norm32(in_ch, next(&modules))?));
+        modules.push(Block::Norm(group_norm(in_ch, g, next(&modules))?));
         modules.push(Block::Conv(Conv2d::conv3x3(
             in_ch,
             c.num_channels,
