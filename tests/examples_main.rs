@@ -178,11 +178,21 @@ fn mnist_quick(name: &str, extra: &[&str]) -> serde_json::Value {
     assert_eq!(s["dataset"], "mnist5k", "{s}");
     assert_eq!(s["training"]["steps"], 3, "{s}");
     let samplers = s["samplers"].as_object().expect("samplers");
+    let paper = s["preset"]["paper_samplers"]
+        .as_array()
+        .expect("paper samplers");
     assert_eq!(
         samplers.len(),
-        4,
-        "three paper samplers and a fast one: {s}"
+        paper.len() + 1,
+        "the chosen paper samplers and a fast one: {s}"
     );
+    if !extra.contains(&"--paper-samplers") {
+        assert_eq!(
+            paper.len(),
+            3,
+            "the preset runs all three paper samplers: {s}"
+        );
+    }
     for (k, v) in samplers {
         assert!(v["nfe"].as_f64().unwrap() >= 1.0, "{k}: {v}");
         assert!(v["n"].as_u64().unwrap() >= 4, "{k}: {v}");
@@ -240,6 +250,15 @@ fn too_few_paper_steps_are_refused_naming_the_flag() {
 }
 
 #[test]
+fn an_unknown_paper_sampler_is_refused_before_training() {
+    refused_before_training(
+        "badpaper",
+        &["--paper-samplers", "pc,ald"],
+        &["--paper-samplers", "`ald`", "ancestral, pc, ode"],
+    );
+}
+
+#[test]
 fn smld_mnist5k_quick_trains_samples_and_evaluates() {
     mnist_quick("smld", &[]);
 }
@@ -273,8 +292,31 @@ fn ddpm_mnist5k_quick_trains_samples_and_evaluates() {
         "same seed, another process: the checkpoint must be byte-identical"
     );
     // the original DDPM network, and the run's own checkpoints as the sampling route; trained
-    // with the likelihood weighting and importance-sampled t
-    let s = mnist_quick("ddpm", &["--network", "ddpm", "--likelihood-weighting"]);
+    // with the likelihood weighting and importance-sampled t; only PC of the paper's samplers,
+    // on more samples than its grid
+    let s = mnist_quick(
+        "ddpm",
+        &[
+            "--network",
+            "ddpm",
+            "--likelihood-weighting",
+            "--paper-samplers",
+            "pc",
+            "--paper-eval-samples",
+            "12",
+        ],
+    );
     assert_eq!(s["preset"]["network"], "Ddpm", "{s}");
     assert_eq!(s["preset"]["likelihood_weighting"], true, "{s}");
+    assert_eq!(
+        s["preset"]["paper_samplers"],
+        serde_json::json!(["pc"]),
+        "{s}"
+    );
+    let pc = s["samplers"]
+        .as_object()
+        .and_then(|m| m.iter().find(|(k, _)| k.starts_with("PC")))
+        .map(|(_, v)| v.clone())
+        .expect("PC ran");
+    assert_eq!(pc["n"], 12, "{pc}");
 }
