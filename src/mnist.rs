@@ -30,8 +30,9 @@ pub enum MnistNetwork {
     Ncsnpp,
     /// DDPM++ ([`NcsnPpConfig::mnist_ddpmpp_continuous`]), the VP network of the paper.
     Ddpmpp,
-    /// The original DDPM U-Net ([`DdpmConfig::mnist`]: `nf = 16`, GroupNorms of 4 channels a
-    /// group, as the paper's network has at `nf = 128`).
+    /// The original DDPM U-Net ([`DdpmConfig::mnist`]: `nf = 16`, 4 GroupNorm groups, i.e. 4
+    /// channels a group at the first level and 8 below, as the paper's network has at
+    /// `nf = 128`).
     Ddpm,
 }
 
