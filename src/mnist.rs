@@ -130,7 +130,7 @@ pub struct MnistPreset {
     pub bpd_images: usize,
     /// N of the paper's samplers.
     pub paper_steps: usize,
-    /// Which paper samplers run ([`crate::mnist_eval::paper_sampler_names`]'s names).
+    /// Which paper samplers run, by [`crate::mnist_eval::ImageSampler::file_name`].
     pub paper_samplers: Vec<String>,
     /// Samples each paper sampler draws for its digit metrics (at least its grid).
     pub paper_eval_samples: usize,
@@ -173,9 +173,9 @@ impl MnistPreset {
             n_eval_samples: 1000,
             bpd_images: 50,
             paper_steps: 200,
-            paper_samplers: crate::mnist_eval::paper_sampler_names(family)
+            paper_samplers: crate::mnist_eval::family_paper_samplers(family)
                 .iter()
-                .map(|s| s.to_string())
+                .map(crate::mnist_eval::ImageSampler::file_name)
                 .collect(),
             paper_eval_samples: 64,
             // stochastic: the ODE samplers (dpm++2m, heun) leave a fifth of the samples of a

@@ -79,27 +79,32 @@ impl ImageSampler {
     }
 }
 
-/// The paper's samplers of a family, by the names `--paper-samplers` takes: for VE (SMLD)
-/// annealed Langevin (`ald`), PC (`pc`) and the ODE (`ode`); for VP (DDPM) ancestral sampling
-/// (`ancestral`), PC and the ODE.
-pub fn paper_sampler_names(family: Family) -> &'static [&'static str] {
+/// The paper's samplers of a family, in order: for VE (SMLD) annealed Langevin, PC (snr 0.16)
+/// and the ODE; for VP (DDPM) ancestral sampling, PC (snr 0.27, the VP configs' value) and the
+/// ODE. `--paper-samplers` names them by [`ImageSampler::file_name`] (`ald`, `pc`, `ode`,
+/// `ancestral`).
+pub fn family_paper_samplers(family: Family) -> Vec<ImageSampler> {
     match family {
-        Family::Ve => &["ald", "pc", "ode"],
-        Family::Vp => &["ancestral", "pc", "ode"],
+        Family::Ve => vec![
+            ImageSampler::Ald { snr: 0.16 },
+            ImageSampler::Pc { snr: 0.16 },
+            ImageSampler::Ode,
+        ],
+        Family::Vp => vec![
+            ImageSampler::Ancestral,
+            ImageSampler::Pc { snr: 0.27 },
+            ImageSampler::Ode,
+        ],
     }
 }
 
-/// The paper's samplers `preset.paper_samplers` names, in the family's order: annealed
-/// Langevin (snr 0.16), PC (snr 0.16 for VE, 0.27 for VP, the configs' values), ancestral
-/// sampling and the probability-flow ODE. A name that is not one of
-/// [`paper_sampler_names`]`(family)` is an error naming the flag and the valid names.
+/// The samplers of [`family_paper_samplers`] that `preset.paper_samplers` names, in the
+/// family's order. A name that is none of theirs is an error naming the flag and the valid
+/// names.
 pub fn paper_samplers(family: Family, preset: &MnistPreset) -> AnyResult<Vec<ImageSampler>> {
-    let names = paper_sampler_names(family);
-    if let Some(bad) = preset
-        .paper_samplers
-        .iter()
-        .find(|n| !names.contains(&n.as_str()))
-    {
+    let all = family_paper_samplers(family);
+    let names: Vec<String> = all.iter().map(ImageSampler::file_name).collect();
+    if let Some(bad) = preset.paper_samplers.iter().find(|n| !names.contains(n)) {
         return Err(format!(
             "--paper-samplers: `{bad}` is not a paper sampler of this example; expected a \
              comma-separated list of {}, or `none`",
@@ -107,19 +112,9 @@ pub fn paper_samplers(family: Family, preset: &MnistPreset) -> AnyResult<Vec<Ima
         )
         .into());
     }
-    let pc_snr = match family {
-        Family::Ve => 0.16,
-        Family::Vp => 0.27,
-    };
-    Ok(names
-        .iter()
-        .filter(|n| preset.paper_samplers.iter().any(|p| p == *n))
-        .map(|n| match *n {
-            "ald" => ImageSampler::Ald { snr: 0.16 },
-            "pc" => ImageSampler::Pc { snr: pc_snr },
-            "ancestral" => ImageSampler::Ancestral,
-            _ => ImageSampler::Ode,
-        })
+    Ok(all
+        .into_iter()
+        .filter(|s| preset.paper_samplers.contains(&s.file_name()))
         .collect())
 }
 

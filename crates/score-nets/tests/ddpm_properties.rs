@@ -292,11 +292,23 @@ fn group_stats(y: &Tensor, groups: usize) -> (f32, f32, f32) {
 }
 
 #[test]
-fn num_groups_sets_every_groupnorm_and_the_reference_keeps_32() {
+fn num_groups_reaches_the_groupnorms_and_the_reference_keeps_32() {
+    // Every block takes the config's count: at nf 8 (8 and 16 channels), 32 groups divide no
+    // level's channels, so a block that kept the reference's 32 would refuse to build.
+    let narrow = DdpmConfig {
+        nf: 8,
+        num_groups: 2,
+        ..tiny()
+    };
+    let (_vm, net) = build(&narrow, 4);
+    let labels = Tensor::new(&[10f32, 700.0], &Device::Cpu).unwrap();
+    assert_eq!(
+        net.forward(&images(2, 8), &labels).unwrap().dims(),
+        &[2, 3, 8, 8]
+    );
     // The output GroupNorm (freshly built: weight 1, bias 0) normalises each of `num_groups`
     // channel groups per image to mean 0 and variance 1, and nothing finer.
     let x = images(2, 8);
-    let labels = Tensor::new(&[10f32, 700.0], &Device::Cpu).unwrap();
     for (groups, per_channel_centred) in [(8, false), (32, true)] {
         let cfg = DdpmConfig {
             num_groups: groups,
