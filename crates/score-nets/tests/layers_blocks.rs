@@ -585,6 +585,98 @@ fn fir_kernel_matches_composite_upfirdn_and_its_gradient() {
 }
 
 #[test]
+fn naive_resampling_and_bias_kernels_match_broadcast_ops_and_their_gradients() {
+    use candle_core::{Var, D};
+    let (b, c, h, w) = (2, 3, 6, 8);
+    let x = randn(&[b, c, h, w], 61);
+    // (name, kernel path, the broadcast / reduction formulation candle differentiates itself)
+    type Map = Box<dyn Fn(&Tensor) -> Tensor>;
+    let cases: [(&str, Map, Map); 3] = [
+        (
+            "nearest x2",
+            Box::new(|t| fir::naive_upsample_2d(t, 2).unwrap()),
+            Box::new(move |t| {
+                t.reshape((b, c, h, 1, w, 1))
+                    .unwrap()
+                    .broadcast_as((b, c, h, 2, w, 2))
+                    .unwrap()
+                    .reshape((b, c, 2 * h, 2 * w))
+                    .unwrap()
+            }),
+        ),
+        (
+            "box mean 2x2",
+            Box::new(|t| fir::naive_downsample_2d(t, 2).unwrap()),
+            Box::new(move |t| {
+                t.reshape((b, c, h / 2, 2, w / 2, 2))
+                    .unwrap()
+                    .mean(D::Minus1)
+                    .unwrap()
+                    .mean(3)
+                    .unwrap()
+            }),
+        ),
+        (
+            "box mean 3x3 (six columns of eight)",
+            Box::new(|t| fir::naive_downsample_2d(&t.narrow(3, 0, 6).unwrap(), 3).unwrap()),
+            Box::new(move |t| {
+                t.narrow(3, 0, 6)
+                    .unwrap()
+                    .reshape((b, c, h / 3, 3, 2, 3))
+                    .unwrap()
+                    .mean(D::Minus1)
+                    .unwrap()
+                    .mean(3)
+                    .unwrap()
+            }),
+        ),
+    ];
+    for (what, kernel, composite) in cases {
+        let xv = Var::from_tensor(&x).unwrap();
+        let want = composite(xv.as_tensor());
+        let got = kernel(xv.as_tensor());
+        assert_close(&got, &want, 1e-6, what);
+        let v = randn(want.dims(), 62);
+        let g_ref = (want * &v).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = (got * &v).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g, g_ref) = (
+            g.get(xv.as_tensor()).unwrap(),
+            g_ref.get(xv.as_tensor()).unwrap(),
+        );
+        assert!(max_abs(g_ref) > 0.1, "{what}: the gradient is not trivial");
+        assert_close(g, g_ref, 1e-6, &format!("grad {what}"));
+    }
+    assert!(fir::naive_downsample_2d(&x, 3).is_err(), "8 columns by 3");
+    assert!(fir::naive_upsample_2d(&x, 0).is_err(), "factor 0");
+
+    // the bias along the last axis: y = x + b, dx = dy, db = column sums of dy
+    let y0 = randn(&[5, 7, 4], 63);
+    let bias = randn(&[4], 64);
+    let (yv, bv) = (
+        Var::from_tensor(&y0).unwrap(),
+        Var::from_tensor(&bias).unwrap(),
+    );
+    let got = add_bias_last(yv.as_tensor(), bv.as_tensor()).unwrap();
+    let want = yv.as_tensor().broadcast_add(bv.as_tensor()).unwrap();
+    assert_close(&got, &want, 1e-7, "bias add");
+    let v = randn(&[5, 7, 4], 65);
+    let g_ref = (want * &v).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = (got * &v).unwrap().sum_all().unwrap().backward().unwrap();
+    for (var, name) in [(&yv, "dx"), (&bv, "db")] {
+        let (a, r) = (
+            g.get(var.as_tensor()).unwrap(),
+            g_ref.get(var.as_tensor()).unwrap(),
+        );
+        assert_eq!(a.dims(), r.dims(), "{name} shape");
+        assert_close(a, r, 1e-6, name);
+    }
+    let err = add_bias_last(&y0, &randn(&[3], 66))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[3]") && err.contains("[4]"), "{err}");
+}
+
+#[test]
 fn fused_softmax_matches_composite_ops_and_their_gradient() {
     use candle_core::{Var, D};
     use score_nets::layers::softmax_last;

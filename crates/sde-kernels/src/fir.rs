@@ -81,14 +81,30 @@ impl UpFirDn {
         );
         let mut y = vec![T::zero(); planes * n_out];
         let work = 2 * planes * (hw.0 + out_hw.0) * out_hw.1 * self.taps.len();
+        let rows = self.tap_table(out_hw.0, hw.0);
+        let cols = self.tap_table(out_hw.1, hw.1);
         parallel::for_each_chunk_run(&mut y, n_out, work, |ps, run| {
             let mut tmp = Vec::new();
             for (p, yp) in ps.zip(run.chunks_mut(n_out)) {
                 let xp = &x[p * n_in..(p + 1) * n_in];
-                self.plane(adjoint, (hw, out_hw), xp, yp, &mut tmp);
+                self.plane(adjoint, (&rows, &cols), (hw, out_hw), xp, yp, &mut tmp);
             }
         });
         y
+    }
+
+    /// For every output index along an axis of input length `len`, the `(source, tap)` pairs it
+    /// sums, taps in order: [`Self::src`] evaluated once per call instead of per pixel.
+    fn tap_table<T: Float>(&self, out_len: usize, len: usize) -> TapTable<T> {
+        (0..out_len)
+            .map(|i| {
+                self.taps
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, &kj)| self.src(i, j, len).map(|s| (s, T::from_f64(kj))))
+                    .collect()
+            })
+            .collect()
     }
 
     /// Index of the input sample that tap `j` of output `i` reads, if any.
@@ -105,6 +121,7 @@ impl UpFirDn {
     fn plane<T: Float>(
         &self,
         adjoint: bool,
+        (rows, cols): (&TapTable<T>, &TapTable<T>),
         (in_hw, out_hw): ((usize, usize), (usize, usize)),
         x: &[T],
         y: &mut [T],
@@ -112,32 +129,27 @@ impl UpFirDn {
     ) {
         let (h, w) = in_hw;
         let (ho, wo) = out_hw;
-        let k: Vec<T> = self.taps.iter().map(|&v| T::from_f64(v)).collect();
         if !adjoint {
             // along W: tmp[h, wo]
             tmp.clear();
             tmp.resize(h * wo, T::zero());
             for r in 0..h {
                 let (xr, tr) = (&x[r * w..(r + 1) * w], &mut tmp[r * wo..(r + 1) * wo]);
-                for (i, tv) in tr.iter_mut().enumerate() {
+                for (tv, col) in tr.iter_mut().zip(cols) {
                     let mut acc = T::zero();
-                    for (j, &kj) in k.iter().enumerate() {
-                        if let Some(s) = self.src(i, j, w) {
-                            acc += kj * xr[s];
-                        }
+                    for &(s, kj) in col {
+                        acc += kj * xr[s];
                     }
                     *tv = acc;
                 }
             }
             // along H, a row at a time
             y.fill(T::zero());
-            for i in 0..ho {
+            for (i, row) in rows.iter().enumerate().take(ho) {
                 let yr = &mut y[i * wo..(i + 1) * wo];
-                for (j, &kj) in k.iter().enumerate() {
-                    if let Some(s) = self.src(i, j, h) {
-                        for (a, &b) in yr.iter_mut().zip(&tmp[s * wo..(s + 1) * wo]) {
-                            *a += kj * b;
-                        }
+                for &(s, kj) in row {
+                    for (a, &b) in yr.iter_mut().zip(&tmp[s * wo..(s + 1) * wo]) {
+                        *a += kj * b;
                     }
                 }
             }
@@ -145,30 +157,29 @@ impl UpFirDn {
             // x is the output gradient [ho, wo], y the input gradient [h, w]
             tmp.clear();
             tmp.resize(h * wo, T::zero());
-            for i in 0..ho {
+            for (i, row) in rows.iter().enumerate().take(ho) {
                 let gr = &x[i * wo..(i + 1) * wo];
-                for (j, &kj) in k.iter().enumerate() {
-                    if let Some(s) = self.src(i, j, h) {
-                        for (a, &b) in tmp[s * wo..(s + 1) * wo].iter_mut().zip(gr) {
-                            *a += kj * b;
-                        }
+                for &(s, kj) in row {
+                    for (a, &b) in tmp[s * wo..(s + 1) * wo].iter_mut().zip(gr) {
+                        *a += kj * b;
                     }
                 }
             }
             y.fill(T::zero());
             for r in 0..h {
                 let (tr, yr) = (&tmp[r * wo..(r + 1) * wo], &mut y[r * w..(r + 1) * w]);
-                for (i, &gv) in tr.iter().enumerate() {
-                    for (j, &kj) in k.iter().enumerate() {
-                        if let Some(s) = self.src(i, j, w) {
-                            yr[s] += kj * gv;
-                        }
+                for (&gv, col) in tr.iter().zip(cols) {
+                    for &(s, kj) in col {
+                        yr[s] += kj * gv;
                     }
                 }
             }
         }
     }
 }
+
+/// Per output index along an axis, the `(source index, tap)` pairs it sums.
+type TapTable<T> = Vec<Vec<(usize, T)>>;
 
 #[cfg(test)]
 #[path = "fir_tests.rs"]

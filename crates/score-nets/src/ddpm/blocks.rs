@@ -181,12 +181,7 @@ impl Upsample {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        // Nearest ×2 through broadcasting (differentiable on every backend).
-        let up = x
-            .reshape((b, c, h, 1, w, 1))?
-            .broadcast_as((b, c, h, 2, w, 2))?
-            .reshape((b, c, 2 * h, 2 * w))?;
+        let up = crate::layers::fir::naive_upsample_2d(x, 2)?;
         match &self.0 {
             Some(conv) => conv.forward(&up),
             None => Ok(up),

@@ -174,7 +174,7 @@ impl Nin {
     pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let y = x.reshape((b * n, c))?.matmul(&self.w)?;
-        let y = y.broadcast_add(&self.b)?;
+        let y = super::bias::add_bias_last(&y, &self.b)?;
         Ok(y.reshape((b, n, ()))?)
     }
 

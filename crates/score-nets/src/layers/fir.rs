@@ -232,8 +232,18 @@ pub fn upsample_conv_2d(x: &Tensor, w: &Tensor, k: &[f64], factor: usize) -> Res
 }
 
 /// Nearest-neighbour upsampling (`naive_upsample_2d`): every pixel repeated `factor x factor`.
+///
+/// This is [`upfirdn2d`] with the kernel of `factor` ones, `up = factor` and pads
+/// `(factor - 1, 0)`: on the CPU (f32 / f64) it runs as that kernel, whose adjoint (the sum
+/// over each `factor x factor` block) is its backward pass. Elsewhere it is a broadcast, whose
+/// backward candle computes as a reduction.
 pub fn naive_upsample_2d(x: &Tensor, factor: usize) -> Result<Tensor> {
     check4(x, "naive_upsample_2d")?;
+    check_factor(factor, "naive_upsample_2d")?;
+    let ones = vec![1.0; factor];
+    if let Some(y) = upfirdn2d_cpu(x, &ones, factor, 1, (factor as isize - 1, 0))? {
+        return Ok(y);
+    }
     let (b, c, h, w) = x.dims4()?;
     Ok(x.reshape((b, c, h, 1, w, 1))?
         .broadcast_as((b, c, h, factor, w, factor))?
@@ -241,16 +251,34 @@ pub fn naive_upsample_2d(x: &Tensor, factor: usize) -> Result<Tensor> {
 }
 
 /// Box downsampling (`naive_downsample_2d`): mean over `factor x factor` blocks.
+///
+/// This is [`upfirdn2d`] with the kernel of `factor` values `1 / factor`, `down = factor` and no
+/// pads: on the CPU (f32 / f64) it runs as that kernel, with its adjoint (each block's gradient
+/// spread evenly over it) as the backward pass. Elsewhere it is a mean over a reshape.
 pub fn naive_downsample_2d(x: &Tensor, factor: usize) -> Result<Tensor> {
     check4(x, "naive_downsample_2d")?;
+    check_factor(factor, "naive_downsample_2d")?;
     let (b, c, h, w) = x.dims4()?;
-    if factor == 0 || h % factor != 0 || w % factor != 0 {
+    if h % factor != 0 || w % factor != 0 {
         return Err(Error::Input(format!(
             "naive_downsample_2d: {h}x{w} is not divisible by factor {factor}"
         )));
     }
+    let taps = vec![1.0 / factor as f64; factor];
+    if let Some(y) = upfirdn2d_cpu(x, &taps, 1, factor, (0, 0))? {
+        return Ok(y);
+    }
     let r = x.reshape((b, c, h / factor, factor, w / factor, factor))?;
     Ok(r.mean(D::Minus1)?.mean(3)?)
+}
+
+fn check_factor(factor: usize, what: &str) -> Result<()> {
+    if factor == 0 {
+        return Err(Error::Input(format!(
+            "{what}: factor must be at least 1, got 0"
+        )));
+    }
+    Ok(())
 }
 
 /// [`upfirdn2d`] on the CPU as one kernel per `[H, W]` plane (`sde_kernels::fir`), with its

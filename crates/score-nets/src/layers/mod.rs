@@ -7,6 +7,7 @@
 //! reference's initialisation (`default_init`, `init_scale` on the last convolutions).
 
 mod attn;
+mod bias;
 mod combine;
 mod common;
 pub mod conv;
@@ -18,6 +19,7 @@ mod resample;
 mod resnet;
 
 pub use attn::*;
+pub use bias::*;
 pub use combine::*;
 pub use common::*;
 pub use dropout::*;
