@@ -40,7 +40,7 @@ pub struct ImageArgs {
     /// Use the deep preset (NCSN++ / DDPM++ continuous deep).
     #[arg(long)]
     pub deep: bool,
-    /// Image-path training steps (default: the paper's 1.3 M; the MNIST-5k preset's 1200, about
+    /// Image-path training steps (default: the paper's 1.3 M; the MNIST-5k preset's 1400, about
     /// 12 min on 2 cores; 3600, about 33 min, beats the per-pixel bits/dim baseline and halves
     /// the Fréchet distance, see docs/reproduce.md). The cosine schedule stretches to match.
     #[arg(long)]

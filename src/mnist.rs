@@ -144,7 +144,7 @@ pub struct MnistPreset {
 
 impl MnistPreset {
     /// The preset of `family` with `network` (default NCSN++ for VE, DDPM++ for VP): Adam
-    /// 2e-3 with 100 warm-up steps and cosine annealing, clipping at 1, EMA 0.999, 1200 steps of
+    /// 2e-3 with 100 warm-up steps and cosine annealing, clipping at 1, EMA 0.999, 1400 steps of
     /// batch 64 on uniformly dequantised digits, 1000 evaluation samples from SDE-DPM-Solver++(2M)
     /// in 25 steps, 50 bits/dim images, N = 200 for the paper's samplers.
     pub fn new(family: Family, network: Option<MnistNetwork>) -> Self {
@@ -152,7 +152,7 @@ impl MnistPreset {
             Family::Ve => MnistNetwork::Ncsnpp,
             Family::Vp => MnistNetwork::Ddpmpp,
         });
-        let n_iters = 1200;
+        let n_iters = 1400;
         Self {
             network,
             nf: 16,
