@@ -128,7 +128,7 @@ impl UpFirDn {
         tmp: &mut Vec<T>,
     ) {
         let (h, w) = in_hw;
-        let (ho, wo) = out_hw;
+        let wo = out_hw.1;
         if !adjoint {
             // along W: tmp[h, wo]
             tmp.clear();
@@ -145,7 +145,7 @@ impl UpFirDn {
             }
             // along H, a row at a time
             y.fill(T::zero());
-            for (i, row) in rows.iter().enumerate().take(ho) {
+            for (i, row) in rows.iter().enumerate() {
                 let yr = &mut y[i * wo..(i + 1) * wo];
                 for &(s, kj) in row {
                     for (a, &b) in yr.iter_mut().zip(&tmp[s * wo..(s + 1) * wo]) {
@@ -157,7 +157,7 @@ impl UpFirDn {
             // x is the output gradient [ho, wo], y the input gradient [h, w]
             tmp.clear();
             tmp.resize(h * wo, T::zero());
-            for (i, row) in rows.iter().enumerate().take(ho) {
+            for (i, row) in rows.iter().enumerate() {
                 let gr = &x[i * wo..(i + 1) * wo];
                 for &(s, kj) in row {
                     for (a, &b) in tmp[s * wo..(s + 1) * wo].iter_mut().zip(gr) {

@@ -3,8 +3,8 @@
 //!
 //! candle's `broadcast_add` differentiates the bias by summing over the leading axes, which its
 //! CPU backend does with an index division per element (its fast path covers only trailing
-//! axes): 2 ms for the `[3136, 32]` output of one attention projection at batch 64, against
-//! a few microseconds for a row-by-row sum.
+//! axes): about 0.5 ms, on one thread, for the `[3136, 32]` output of one attention projection
+//! at batch 64. Here it is one pass over the rows.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
